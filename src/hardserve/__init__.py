@@ -1,0 +1,3 @@
+"""hardserve: a security-hardened production WSGI server."""
+
+__version__ = "0.1.0"
