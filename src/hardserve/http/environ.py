@@ -1,0 +1,81 @@
+"""The PEP 3333 environ of one request, built from its parsed head. Pure: the stream objects and
+addresses are given by the caller."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from hardserve.http.parser import RequestHead
+
+# Header-name -> environ-key translations, cached because the same few dozen names arrive on
+# every request. Bounded: names are client-controlled, so an attacker sending random names must
+# not grow it without end; past the bound, keys are computed each time.
+_KEY_CACHE: dict[bytes, str] = {}
+_KEY_CACHE_MAX: Final = 512
+_SPECIAL_KEYS: Final = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
+
+
+def _environ_key(name: bytes) -> str:
+    key = _KEY_CACHE.get(name)
+    if key is None:
+        key = _SPECIAL_KEYS.get(name) or "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        if len(_KEY_CACHE) < _KEY_CACHE_MAX:
+            _KEY_CACHE[name] = key
+    return key
+
+
+def build_environ(
+    head: RequestHead,
+    *,
+    peer: tuple[str, int] | None,
+    server: tuple[str, int],
+    url_scheme: str,
+    wsgi_input: Any,
+    wsgi_errors: Any,
+    file_wrapper: Any,
+    script_name: str = "",
+) -> dict[str, Any]:
+    target = head.target
+    query = target.query.decode("latin-1")
+    raw_uri = head.raw_target.decode("latin-1")
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": head.method.decode("ascii"),
+        "SCRIPT_NAME": script_name,
+        "PATH_INFO": target.path.decode("latin-1"),
+        "QUERY_STRING": query,
+        "RAW_URI": raw_uri,
+        "REQUEST_URI": raw_uri,
+        "SERVER_PROTOCOL": "HTTP/" + head.http_version.decode("ascii"),
+        # The listening socket's address, not the client's Host field: a client must not be able
+        # to change what the server says its own name is. The Host field is in HTTP_HOST.
+        "SERVER_NAME": server[0],
+        "SERVER_PORT": str(server[1]),
+        "REMOTE_ADDR": peer[0] if peer else "",
+        "REMOTE_PORT": str(peer[1]) if peer else "",
+        "SERVER_SOFTWARE": "hardserve",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": url_scheme,
+        "wsgi.input": wsgi_input,
+        "wsgi.input_terminated": True,
+        "wsgi.errors": wsgi_errors,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.file_wrapper": file_wrapper,
+    }
+    if head.content_length is None and not head.chunked:
+        environ["CONTENT_LENGTH"] = ""
+    for name, value in head.headers:
+        key = _environ_key(name)
+        text = value.decode("latin-1")
+        previous = environ.get(key)
+        if previous:
+            # RFC 9110 section 5.3: repeated fields combine with ", "; Cookie with "; "
+            # (RFC 6265 section 5.4), the form cookie parsers expect.
+            text = previous + ("; " if name == b"cookie" else ", ") + text
+        environ[key] = text
+    if head.chunked:
+        # The length is unknown until the last chunk; wsgi.input_terminated tells apps to read
+        # to the end instead.
+        environ.pop("CONTENT_LENGTH", None)
+    return environ

@@ -1,0 +1,520 @@
+"""The strict HTTP/1.1 request parser: bytes in, events out, a policy layer over h11.
+
+What h11 tolerates and a server on the open internet must not (obs-fold, bare LF, a
+Content-Length beside Transfer-Encoding, duplicated lengths, limits that hold only when TCP
+splits the bytes, h11 issue 182), is refused here, on the bytes, before h11 sees the head. h11
+then parses and validates the head itself, so a request passes two independent readings.
+
+Bodies are framed here, not by h11: the framing is where request smuggling lives, and every
+byte of a chunk-size line, chunk terminator and trailer is held to RFC 9112 section 7.1 with our
+own limits. Whatever the split of the input, the outcome is the same: every check runs on the
+accumulated bytes, never on one read.
+
+Nothing here does I/O, reads a clock or logs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+import h11
+
+from hardserve.http import reasons
+from hardserve.http.limits import Limits
+from hardserve.http.reasons import Reason
+from hardserve.http.target import Target, TargetError, parse_target
+
+_CR: Final = 13
+_LF: Final = 10
+_SP: Final = 32
+_HTAB: Final = 9
+
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_TOKEN_RE: Final = re.compile(_TOKEN)
+_VERSION_RE: Final = re.compile(rb"HTTP/([0-9])\.([0-9])")
+# RFC 9110 section 5.5: field-value = *field-content; field-vchar = VCHAR / obs-text.
+_FIELD_VALUE_RE: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+# RFC 9112 section 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+_QUOTED = rb'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"'
+_CHUNK_LINE_RE: Final = re.compile(
+    rb"([0-9A-Fa-f]+)((?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|"
+    + _QUOTED + rb"))?)*)"
+)
+_HOST_RE: Final = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?"
+)
+# RFC 9110 section 6.5.1: a trailer must not carry framing, routing, authentication or
+# request-modifying fields; a sender that puts them there is trying to be read twice.
+_FORBIDDEN_TRAILERS: Final = frozenset(
+    {
+        b"authorization", b"cache-control", b"connection", b"content-encoding",
+        b"content-length", b"content-range", b"content-type", b"cookie", b"expect", b"host",
+        b"keep-alive", b"max-forwards", b"pragma", b"proxy-authenticate",
+        b"proxy-authorization", b"proxy-connection", b"range", b"set-cookie", b"te",
+        b"trailer", b"transfer-encoding", b"upgrade", b"www-authenticate",
+    }
+)
+# Fields defined as a single value (RFC 9110): two of them cannot be joined with ", " into a
+# meaning both sides agree on, so a request carrying two is refused rather than guessed at.
+_SINGLETON_FIELDS: Final = frozenset(
+    {
+        b"content-type", b"authorization", b"proxy-authorization", b"range", b"if-range",
+        b"if-modified-since", b"if-unmodified-since", b"max-forwards",
+    }
+)
+# RFC 9112 section 2.2: a server SHOULD ignore at least one empty line before the request line.
+_LEADING_CRLF_MAX: Final = 2
+
+Header = tuple[bytes, bytes]
+
+
+class _Sentinel:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+PAUSED: Final = _Sentinel("PAUSED")  # one message done; waits for start_next_cycle()
+CLOSED: Final = _Sentinel("CLOSED")  # the peer closed cleanly between requests
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    method: bytes
+    raw_target: bytes
+    target: Target
+    http_version: bytes  # b"1.1" or b"1.0"
+    # (lower-cased name, value with surrounding whitespace removed), in arrival order. Names
+    # with '_' are already dropped (or refused, by setting).
+    headers: tuple[Header, ...]
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool  # the client's wish; the response may still close
+    expect_continue: bool
+    host: bytes | None
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+@dataclass(frozen=True, slots=True)
+class BodyData:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfBody:
+    trailers: tuple[Header, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: Reason
+    detail: str
+    # The start of the refused request's first line (for a digest in the security log).
+    request_line: bytes = b""
+
+
+Event = RequestHead | BodyData | EndOfBody | Refusal | _Sentinel
+
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _DONE, _REFUSED = range(8)
+
+
+class RequestParser:
+    """One connection's request stream. Feed bytes; pull events until NEED_DATA or PAUSED."""
+
+    def __init__(self, limits: Limits, *, refuse_underscore_headers: bool = False) -> None:
+        self._limits = limits
+        self._refuse_underscore = refuse_underscore_headers
+        self._buf = bytearray()
+        self._eof = False
+        self._state = _HEAD
+        self._refusal: Refusal | None = None
+        # Head scanning progress, so each byte is examined once however the input is split.
+        self._scan_pos = 0
+        self._line_count = 0
+        self._leading_crlf = 0
+        # Body progress.
+        self._remaining = 0  # bytes left of the Content-Length or of the current chunk
+        self._body_seen = 0
+        self._trailer_lines: list[bytes] = []
+        self._trailer_bytes = 0
+        self._request_line = b""
+
+    # -- input -------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            self._buf += data
+
+    def feed_eof(self) -> None:
+        self._eof = True
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buf)
+
+    @property
+    def in_body(self) -> bool:
+        return _LENGTH <= self._state <= _TRAILERS
+
+    @property
+    def message_done(self) -> bool:
+        return self._state == _DONE
+
+    def start_next_cycle(self) -> None:
+        if self._state != _DONE:
+            raise RuntimeError("start_next_cycle() before the request body ended")
+        self._state = _HEAD
+        self._scan_pos = 0
+        self._line_count = 0
+        self._leading_crlf = 0
+        self._body_seen = 0
+        self._request_line = b""
+
+    # -- output ------------------------------------------------------------------------------
+
+    def next_event(self) -> Event:
+        state = self._state
+        if state == _HEAD:
+            return self._next_head()
+        if state == _DONE:
+            return PAUSED
+        if state == _REFUSED:
+            assert self._refusal is not None
+            return self._refusal
+        if state == _LENGTH:
+            return self._next_length_data()
+        return self._next_chunked()
+
+    def _refuse(self, reason: Reason, detail: str) -> Refusal:
+        if self._state == _HEAD and not self._request_line:
+            line_end = self._buf.find(b"\n")
+            self._request_line = bytes(self._buf[: line_end if 0 <= line_end < 512 else 512])
+        self._state = _REFUSED
+        self._refusal = Refusal(reason, detail, self._request_line.rstrip(b"\r"))
+        self._buf.clear()
+        return self._refusal
+
+    # -- the head ----------------------------------------------------------------------------
+
+    def _next_head(self) -> Event:
+        buf = self._buf
+        limits = self._limits
+        if self._scan_pos == 0:
+            while buf[:2] == b"\r\n" and self._leading_crlf < _LEADING_CRLF_MAX:
+                del buf[:2]
+                self._leading_crlf += 1
+            if not buf:
+                return CLOSED if self._eof else NEED_DATA
+            first = buf[0]
+            if first == _LF:
+                return self._refuse(reasons.BARE_LF, "LF before the request line")
+            if first in (_SP, _HTAB) or (first == _CR and len(buf) > 1):
+                return self._refuse(reasons.LEADING_WHITESPACE, "whitespace before the request line")
+        while True:
+            start = self._scan_pos
+            newline = buf.find(b"\n", start)
+            if newline < 0:
+                return self._head_incomplete(len(buf) - start)
+            if newline == start or buf[newline - 1] != _CR:
+                return self._refuse(reasons.BARE_LF, f"line {self._line_count} ends in bare LF")
+            line_end = newline - 1
+            if buf.find(b"\r", start, line_end) >= 0:
+                return self._refuse(reasons.BARE_CR, f"line {self._line_count} holds a bare CR")
+            length = newline + 1 - start  # the line with its CRLF
+            if self._line_count == 0:
+                if length > limits.request_line_max_bytes:
+                    return self._refuse(reasons.REQUEST_LINE_TOO_LONG, f"{length} bytes")
+            elif length == 2:
+                head_end = newline + 1
+                if head_end > limits.head_max_bytes:
+                    return self._refuse(reasons.HEAD_TOO_LARGE, f"{head_end} bytes")
+                head = bytes(buf[:head_end])
+                del buf[:head_end]
+                return self._parse_head(head)
+            else:
+                if buf[start] in (_SP, _HTAB):
+                    return self._refuse(reasons.OBS_FOLD, f"line {self._line_count}")
+                if length > limits.header_field_max_bytes:
+                    return self._refuse(reasons.HEADER_FIELD_TOO_LARGE, f"{length} bytes")
+                if self._line_count > limits.header_count_max:
+                    return self._refuse(reasons.TOO_MANY_HEADERS, f"over {limits.header_count_max}")
+            self._line_count += 1
+            self._scan_pos = newline + 1
+            if self._scan_pos > limits.head_max_bytes:
+                return self._refuse(reasons.HEAD_TOO_LARGE, f"over {limits.head_max_bytes} bytes")
+
+    def _head_incomplete(self, partial_line: int) -> Event:
+        limits = self._limits
+        # A line can be refused before its end arrives: waiting for it would let a client
+        # make us buffer up to the head limit for a line we already know is too long.
+        # +1: the LF that ends the line is still to come.
+        if self._line_count == 0:
+            if partial_line + 1 > limits.request_line_max_bytes:
+                return self._refuse(reasons.REQUEST_LINE_TOO_LONG, f"over {partial_line} bytes")
+        elif partial_line + 1 > limits.header_field_max_bytes:
+            return self._refuse(reasons.HEADER_FIELD_TOO_LARGE, f"over {partial_line} bytes")
+        if len(self._buf) > limits.head_max_bytes:
+            return self._refuse(reasons.HEAD_TOO_LARGE, f"over {limits.head_max_bytes} bytes")
+        if self._eof:
+            return self._refuse(reasons.INCOMPLETE_HEAD, f"closed after {len(self._buf)} bytes")
+        return NEED_DATA
+
+    def _parse_head(self, head: bytes) -> Event:
+        lines = head[:-4].split(b"\r\n")
+        request_line = lines[0]
+        self._request_line = request_line[:512]
+        parts = request_line.split(b" ")
+        if len(parts) != 3 or not all(parts):
+            return self._refuse(reasons.MALFORMED_REQUEST_LINE, "not three fields")
+        method, raw_target, version = parts
+        version_match = _VERSION_RE.fullmatch(version)
+        if version_match is None:
+            return self._refuse(reasons.MALFORMED_REQUEST_LINE, "bad HTTP-version")
+        if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+            return self._refuse(reasons.UNSUPPORTED_VERSION, version.decode("ascii"))
+        http_version = version[5:]
+        if _TOKEN_RE.fullmatch(method) is None:
+            return self._refuse(reasons.MALFORMED_REQUEST_LINE, "method is not a token")
+
+        headers: list[Header] = []
+        content_lengths: list[bytes] = []
+        transfer_encodings: list[bytes] = []
+        hosts: list[bytes] = []
+        connection_tokens: set[bytes] = set()
+        expect = False
+        singletons_seen: set[bytes] = set()
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or _TOKEN_RE.fullmatch(name) is None:
+                return self._refuse(reasons.MALFORMED_HEADER, f"field name {name[:40]!r}")
+            value = value.strip(b" \t")
+            if _FIELD_VALUE_RE.fullmatch(value) is None:
+                return self._refuse(reasons.MALFORMED_HEADER, f"value of {name[:40]!r}")
+            name = name.lower()
+            if b"_" in name:
+                if self._refuse_underscore:
+                    return self._refuse(reasons.UNDERSCORE_HEADER, name[:40].decode("ascii"))
+                continue
+            if name == b"content-length":
+                content_lengths.append(value)
+            elif name == b"transfer-encoding":
+                transfer_encodings.append(value)
+            elif name == b"host":
+                hosts.append(value)
+            elif name == b"connection":
+                connection_tokens.update(t.strip(b" \t").lower() for t in value.split(b","))
+            elif name == b"expect":
+                expect = value.lower() == b"100-continue"
+            elif name in _SINGLETON_FIELDS:
+                if name in singletons_seen:
+                    return self._refuse(reasons.DUPLICATE_FIELD, name.decode("ascii"))
+                singletons_seen.add(name)
+            headers.append((name, value))
+
+        # Framing (RFC 9112 section 6): refuse everything a front or back server could read
+        # differently from us.
+        content_length: int | None = None
+        chunked = False
+        if transfer_encodings:
+            if content_lengths:
+                return self._refuse(reasons.CL_TE_CONFLICT, "both present")
+            if http_version == b"1.0":
+                return self._refuse(reasons.TE_HTTP10, "Transfer-Encoding in HTTP/1.0")
+            if len(transfer_encodings) != 1 or transfer_encodings[0].lower() != b"chunked":
+                return self._refuse(reasons.TE_NOT_CHUNKED, repr(b", ".join(transfer_encodings))[:80])
+            chunked = True
+        elif content_lengths:
+            if len(content_lengths) != 1:
+                return self._refuse(reasons.MULTIPLE_CONTENT_LENGTH, f"{len(content_lengths)} fields")
+            digits = content_lengths[0]
+            # Only 1*DIGIT: int() would also take '+1', ' 1', '1_0' and '١' (Arabic-Indic).
+            if not digits or not digits.isdigit() or len(digits) > 18 or not digits.isascii():
+                return self._refuse(reasons.INVALID_CONTENT_LENGTH, repr(digits[:40]))
+            content_length = int(digits)
+            if content_length > self._limits.body_max_bytes:
+                return self._refuse(reasons.BODY_TOO_LARGE, f"Content-Length {content_length}")
+
+        if len(hosts) > 1:
+            return self._refuse(reasons.MULTIPLE_HOST, f"{len(hosts)} fields")
+        host = hosts[0] if hosts else None
+        if host is None and http_version == b"1.1":
+            # RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
+            return self._refuse(reasons.MISSING_HOST, "no Host field")
+        if host is not None and _HOST_RE.fullmatch(host) is None:
+            return self._refuse(reasons.INVALID_HOST, repr(host[:60]))
+
+        if method == b"CONNECT":
+            return self._refuse(reasons.METHOD_NOT_SUPPORTED, "CONNECT")
+        try:
+            target = parse_target(method, raw_target)
+        except TargetError as exc:
+            return self._refuse(reasons.INVALID_TARGET, str(exc))
+
+        # The second reading: h11 parses the same head with its own grammar. A head that passes
+        # our policy and fails h11 is refused too; the two must agree.
+        h11_conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(head) + 1)
+        h11_conn.receive_data(head)
+        try:
+            event = h11_conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            return self._refuse(reasons.MALFORMED_HEADER, f"h11: {exc}")
+        if not isinstance(event, h11.Request):  # pragma: no cover - a whole head always parses
+            return self._refuse(reasons.MALFORMED_REQUEST_LINE, "h11 did not see a request")
+
+        if http_version == b"1.1":
+            keep_alive = b"close" not in connection_tokens
+        else:
+            keep_alive = b"keep-alive" in connection_tokens and b"close" not in connection_tokens
+
+        if chunked:
+            self._state = _CHUNK_SIZE
+        elif content_length:
+            self._state = _LENGTH
+            self._remaining = content_length
+        else:
+            self._state = _DONE
+        self._body_seen = 0
+        return RequestHead(
+            method=method,
+            raw_target=raw_target,
+            target=target,
+            http_version=http_version,
+            headers=tuple(headers),
+            content_length=content_length,
+            chunked=chunked,
+            keep_alive=keep_alive,
+            expect_continue=expect and http_version == b"1.1",
+            host=host,
+        )
+
+    # -- bodies ------------------------------------------------------------------------------
+
+    def _next_length_data(self) -> Event:
+        buf = self._buf
+        if self._remaining == 0:
+            self._state = _DONE
+            return EndOfBody()
+        if not buf:
+            if self._eof:
+                return self._refuse(reasons.INCOMPLETE_BODY, f"{self._remaining} bytes missing")
+            return NEED_DATA
+        take = min(self._remaining, len(buf))
+        data = bytes(buf[:take])
+        del buf[:take]
+        self._remaining -= take
+        self._body_seen += take
+        return BodyData(data)
+
+    def _next_chunked(self) -> Event:
+        buf = self._buf
+        limits = self._limits
+        while True:
+            state = self._state
+            if state == _CHUNK_DATA:
+                if not buf:
+                    break
+                take = min(self._remaining, len(buf))
+                data = bytes(buf[:take])
+                del buf[:take]
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = _CHUNK_CRLF
+                return BodyData(data)
+            if state == _CHUNK_CRLF:
+                if len(buf) < 2:
+                    if buf[:1] not in (b"", b"\r"):
+                        return self._refuse(reasons.BAD_CHUNK_TERMINATOR, repr(bytes(buf[:2])))
+                    break
+                if buf[:2] != b"\r\n":
+                    return self._refuse(reasons.BAD_CHUNK_TERMINATOR, repr(bytes(buf[:2])))
+                del buf[:2]
+                self._state = _CHUNK_SIZE
+                continue
+            if state == _CHUNK_SIZE:
+                newline = buf.find(b"\n")
+                if newline < 0:
+                    if len(buf) > limits.chunk_line_max_bytes + 1:
+                        return self._refuse(reasons.CHUNK_LINE_TOO_LONG, f"over {len(buf)} bytes")
+                    break
+                if newline == 0 or buf[newline - 1] != _CR:
+                    return self._refuse(reasons.BARE_LF, "chunk-size line ends in bare LF")
+                if newline - 1 > limits.chunk_line_max_bytes:
+                    return self._refuse(reasons.CHUNK_LINE_TOO_LONG, f"{newline - 1} bytes")
+                line = bytes(buf[: newline - 1])
+                match = _CHUNK_LINE_RE.fullmatch(line)
+                if match is None:
+                    return self._refuse(reasons.INVALID_CHUNK_SIZE, repr(line[:40]))
+                del buf[: newline + 1]
+                size_digits = match.group(1)
+                if len(size_digits.lstrip(b"0")) > 15:
+                    return self._refuse(reasons.BODY_TOO_LARGE, "chunk size over 15 hex digits")
+                size = int(size_digits, 16)
+                if self._body_seen + size > limits.body_max_bytes:
+                    return self._refuse(reasons.BODY_TOO_LARGE, f"over {limits.body_max_bytes}")
+                self._body_seen += size
+                if size == 0:
+                    self._state = _TRAILERS
+                    self._trailer_lines = []
+                    self._trailer_bytes = 0
+                else:
+                    self._state = _CHUNK_DATA
+                    self._remaining = size
+                continue
+            # _TRAILERS
+            return self._next_trailer()
+        if self._eof:
+            return self._refuse(reasons.INCOMPLETE_BODY, "closed inside a chunked body")
+        return NEED_DATA
+
+    def _next_trailer(self) -> Event:
+        buf = self._buf
+        limits = self._limits
+        while True:
+            newline = buf.find(b"\n")
+            if newline < 0:
+                if self._trailer_bytes + len(buf) > limits.trailer_max_bytes + 1:
+                    return self._refuse(reasons.TRAILERS_TOO_LARGE, f"over {limits.trailer_max_bytes}")
+                if self._eof:
+                    return self._refuse(reasons.INCOMPLETE_BODY, "closed inside the trailers")
+                return NEED_DATA
+            if newline == 0 or buf[newline - 1] != _CR:
+                return self._refuse(reasons.BARE_LF, "trailer line ends in bare LF")
+            self._trailer_bytes += newline + 1
+            if self._trailer_bytes > limits.trailer_max_bytes:
+                return self._refuse(reasons.TRAILERS_TOO_LARGE, f"over {limits.trailer_max_bytes}")
+            line = bytes(buf[: newline - 1])
+            del buf[: newline + 1]
+            if not line:
+                break
+            if b"\r" in line:
+                return self._refuse(reasons.BARE_CR, "in a trailer line")
+            if line[0] in (_SP, _HTAB):
+                return self._refuse(reasons.OBS_FOLD, "in the trailers")
+            self._trailer_lines.append(line)
+        trailers: list[Header] = []
+        for line in self._trailer_lines:
+            name, colon, value = line.partition(b":")
+            value = value.strip(b" \t")
+            if (
+                not colon
+                or _TOKEN_RE.fullmatch(name) is None
+                or _FIELD_VALUE_RE.fullmatch(value) is None
+            ):
+                return self._refuse(reasons.MALFORMED_TRAILER, repr(name[:40]))
+            name = name.lower()
+            if name in _FORBIDDEN_TRAILERS:
+                return self._refuse(reasons.FORBIDDEN_TRAILER, name.decode("ascii"))
+            trailers.append((name, value))
+        self._trailer_lines = []
+        self._state = _DONE
+        return EndOfBody(tuple(trailers))

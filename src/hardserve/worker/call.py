@@ -1,0 +1,232 @@
+"""One WSGI call, run on a pool thread.
+
+The thread never touches the socket. It talks to its connection only through the ResponseSink
+it is given: `send` hands bytes to the loop (and waits while too many are queued, so a slow
+reader holds this thread for bounded time and no unbounded memory), `finish` ends the response,
+`abort` drops the connection. The one exception is sendfile, see FileWrapper.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, Protocol
+
+from hardserve.http.response import ResponseError, ResponseFramer, parse_status, validate_headers
+from hardserve.worker.body import BodyReadError
+
+_log = logging.getLogger("hardserve.error")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+_GENERIC_500 = b"Internal Server Error\n"
+
+
+class ClientGone(Exception):
+    """The connection closed (or its write deadline passed) while the app was answering."""
+
+
+class ResponseSink(Protocol):
+    can_sendfile: bool
+
+    def send(self, data: bytes) -> None: ...
+    def finish(self, data: bytes, keep_alive: bool, outcome: str) -> None: ...
+    def abort(self, outcome: str) -> None: ...
+    def sendfile(self, fileno: int, offset: int, count: int) -> int: ...
+    def fixed_headers(self) -> bytes: ...
+    def server_error(self, status: int, body: bytes) -> bytes: ...
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: on plain TCP the file is sent with os.sendfile; elsewhere (TLS, files
+    without a descriptor) it is read and written in blocks. The file is closed after."""
+
+    def __init__(self, filelike: Any, block_size: int = 65536) -> None:
+        self.filelike = filelike
+        self.block_size = block_size
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        while True:
+            block = read(self.block_size)
+            if not block:
+                return
+            yield block
+
+    def fileno(self) -> int | None:
+        try:
+            fileno = self.filelike.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+        return fileno if isinstance(fileno, int) else None
+
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+class WsgiCall:
+    __slots__ = (
+        "_app", "_environ", "_framer", "_head_sent", "_sink", "_status", "request_line",
+    )
+
+    def __init__(
+        self, app: WsgiApp, environ: dict[str, Any], framer: ResponseFramer, sink: ResponseSink
+    ) -> None:
+        self._app = app
+        self._environ = environ
+        self._framer = framer
+        self._sink = sink
+        self._status: tuple[int, bytes, list[tuple[bytes, bytes]], int | None] | None = None
+        self._head_sent = False
+
+    # -- the WSGI callables ------------------------------------------------------------------
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self._head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # PEP 3333: break the traceback cycle
+        elif self._status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        code, status_line = parse_status(status)
+        encoded, content_length = validate_headers(headers)
+        self._status = (code, status_line, encoded, content_length)
+        return self._write
+
+    def _write(self, data: bytes) -> None:
+        """The write() callable of PEP 3333: the bytes go out before it returns."""
+        if type(data) is not bytes:
+            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        self._sink.send(self._frame(data, None))
+
+    # -- framing -----------------------------------------------------------------------------
+
+    def _head(self, body_length_hint: int | None) -> bytes:
+        if self._status is None:
+            raise ResponseError("the app returned without calling start_response")
+        code, status_line, headers, content_length = self._status
+        self._head_sent = True
+        return self._framer.head(
+            status_line,
+            code,
+            headers,
+            content_length,
+            fixed_headers=self._sink.fixed_headers(),
+            body_length_hint=body_length_hint,
+        )
+
+    def _frame(self, data: bytes, body_length_hint: int | None) -> bytes:
+        if self._head_sent:
+            return self._framer.body(data)
+        head = self._head(body_length_hint)
+        return head + self._framer.body(data) if data else head
+
+    # -- the call ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        result: Iterable[bytes] | None = None
+        try:
+            result = self._app(self._environ, self.start_response)
+            if isinstance(result, FileWrapper) and self._sink.can_sendfile:
+                self._send_file(result)
+            elif type(result) is list or type(result) is tuple:
+                self._send_sequence(result)
+            else:
+                self._send_iterable(result)
+        except ClientGone:
+            self._sink.abort("client_gone")
+        except BodyReadError as exc:
+            self._fail(exc, exc.status, f"request body: {exc} ({exc.code})".encode())
+        except Exception as exc:
+            self._fail(exc, 500, _GENERIC_500)
+        finally:
+            if result is not None:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception:
+                        _log.exception("error in close() of the response iterable")
+
+    def _fail(self, exc: BaseException, status: int, body: bytes) -> None:
+        method = self._environ.get("REQUEST_METHOD", "")
+        uri = self._environ.get("RAW_URI", "")
+        if status >= 500:
+            _log.error("app error on %s %r", method, uri[:200], exc_info=exc)
+        else:
+            _log.info("request body failed on %s %r: %s", method, uri[:200], exc)
+        if self._head_sent:
+            # The status is on the wire already: the only honest signal left is a cut connection.
+            self._sink.abort("app_error_after_head")
+        else:
+            self._head_sent = True
+            self._sink.finish(self._sink.server_error(status, body), False, "app_error")
+
+    def _send_sequence(self, body: list[bytes] | tuple[bytes, ...]) -> None:
+        for piece in body:
+            if type(piece) is not bytes:
+                raise TypeError(f"the app yielded {type(piece).__name__}, not bytes")
+        data = body[0] if len(body) == 1 else b"".join(body)
+        out = self._frame(data, None if self._head_sent else len(data))
+        self._end(out)
+
+    def _send_iterable(self, result: Iterable[bytes]) -> None:
+        send = self._sink.send
+        for piece in result:
+            if type(piece) is not bytes:
+                raise TypeError(f"the app yielded {type(piece).__name__}, not bytes")
+            if piece:
+                send(self._frame(piece, None))
+        self._end(b"" if self._head_sent else self._head(None))
+
+    def _end(self, out: bytes) -> None:
+        framer = self._framer
+        out += framer.end()
+        outcome = "ok"
+        if framer.overflow:
+            outcome = "body_longer_than_content_length"
+            _log.warning(
+                "app sent more than its Content-Length on %s; the excess was cut",
+                self._environ.get("RAW_URI", "")[:200],
+            )
+        elif framer.short_by:
+            outcome = "body_shorter_than_content_length"
+            _log.warning(
+                "app sent %d bytes fewer than its Content-Length on %s; connection closed",
+                framer.short_by,
+                self._environ.get("RAW_URI", "")[:200],
+            )
+        self._sink.finish(out, framer.keep_alive, outcome)
+
+    def _send_file(self, wrapper: FileWrapper) -> None:
+        fileno = wrapper.fileno()
+        if fileno is None:
+            self._send_iterable(wrapper)
+            return
+        try:
+            offset = os.lseek(fileno, 0, os.SEEK_CUR)
+            size = os.fstat(fileno).st_size
+        except OSError:
+            self._send_iterable(wrapper)
+            return
+        available = max(size - offset, 0)
+        if self._status is None:
+            raise ResponseError("the app returned without calling start_response")
+        declared = self._status[3]
+        count = available if declared is None else min(declared, available)
+        head = self._frame(b"", None if declared is not None else count)
+        self._sink.send(head)
+        if self._framer.accepts_body and count:
+            sent = self._sink.sendfile(fileno, offset, count)
+            # The bytes went out beside the framer; keep its count true.
+            self._framer.consume(sent)
+        self._end(b"")

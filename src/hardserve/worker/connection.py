@@ -1,0 +1,559 @@
+"""One client connection on the event loop: feeds the parser, starts WSGI calls, writes what
+they answer, runs the connection's timers and its flow control both ways.
+
+Requests of a connection are answered strictly in order, one app call at a time: while a call
+runs, the parser is not asked for the next head, and pipelined bytes wait (bounded) in its
+buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import select
+import threading
+import time
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, cast
+
+from hardserve.http import reasons
+from hardserve.http.environ import build_environ
+from hardserve.http.parser import (
+    CLOSED,
+    NEED_DATA,
+    PAUSED,
+    BodyData,
+    EndOfBody,
+    Refusal,
+    RequestHead,
+    RequestParser,
+)
+from hardserve.http.reasons import Reason
+from hardserve.http.response import ResponseFramer, error_response
+from hardserve.worker.body import EMPTY_INPUT, BodyChannel, BodyReadError, InputStream
+from hardserve.worker.call import ClientGone, FileWrapper, WsgiCall
+
+if TYPE_CHECKING:
+    from hardserve.worker.server import WorkerShared
+
+_error_log = logging.getLogger("hardserve.error")
+_security_log = logging.getLogger("hardserve.security")
+_access_log = logging.getLogger("hardserve.access")
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class WriteGate:
+    """How many response bytes the app's thread may queue for the loop. The thread waits while
+    the queue is over its limit or the transport has asked us to pause writing."""
+
+    __slots__ = ("_cond", "_limit", "_paused", "_queued", "closed")
+
+    def __init__(self, limit: int) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._limit = limit
+        self._queued = 0
+        self._paused = False
+        self.closed = False
+
+    def acquire(self, count: int, timeout: float) -> None:
+        with self._cond:
+            if self._queued >= self._limit or self._paused:
+                deadline = time.monotonic() + timeout
+                while not self.closed and (self._queued >= self._limit or self._paused):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise ClientGone(f"client did not read the response for {timeout:g} s")
+                    self._cond.wait(remaining)
+            if self.closed:
+                raise ClientGone("connection closed")
+            self._queued += count
+
+    def release(self, count: int) -> None:
+        with self._cond:
+            self._queued -= count
+            if self._queued < self._limit and not self._paused:
+                self._cond.notify_all()
+
+    def pause(self) -> None:
+        with self._cond:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+class HttpConnection(asyncio.Protocol):
+    def __init__(self, shared: WorkerShared) -> None:
+        self._shared = shared
+        self._limits = shared.config.limits
+        self._pool = shared.pool
+        self._parser = RequestParser(
+            self._limits, refuse_underscore_headers=shared.config.underscore_headers == "refuse"
+        )
+        self._transport: asyncio.Transport | None = None
+        self._peer: tuple[str, int] | None = None
+        self._server_addr: tuple[str, int] = ("", 0)
+        self._url_scheme = "http"
+        self._socket_fd = -1
+        self.can_sendfile = False
+        self._gate = WriteGate(self._limits.write_buffer_bytes)
+        self._timer: asyncio.TimerHandle | None = None
+        self._head_deadline_armed = False
+        self._closing = False
+        self._must_close = False
+        self._reading_paused = False
+        self._writing_paused = False
+        # The request in progress.
+        self._head: RequestHead | None = None
+        self._call_active = False
+        self._body: BodyChannel | None = None
+        self._continue_sent = False
+        self._response_started = False
+        self._draining = False
+        self._drained = 0
+        self._started_at = 0.0
+        self._framer: ResponseFramer | None = None
+        self.requests_served = 0
+
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        return self._peer
+
+    @property
+    def idle(self) -> bool:
+        return not self._call_active and self._head is None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they implement its interface.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=self._limits.write_buffer_bytes)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self._peer = (str(peer[0]), int(peer[1]))
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(sockname, tuple):
+            self._server_addr = (str(sockname[0]), int(sockname[1]))
+        elif isinstance(sockname, str):
+            self._server_addr = (sockname, 0)
+        sock = transport.get_extra_info("socket")
+        if transport.get_extra_info("sslcontext") is None and sock is not None:
+            self._socket_fd = sock.fileno()
+            self.can_sendfile = True
+        else:
+            self._url_scheme = "https"
+        self._shared.connection_opened(self)
+        self._arm_timer(self._limits.keepalive_timeout_s, self._on_idle_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._parser.feed(data)
+        if not self._head_deadline_armed and self._head is None and not self._draining:
+            self._head_deadline_armed = True
+            self._arm_timer(self._limits.head_timeout_s, self._on_head_timeout)
+        self._process()
+
+    def eof_received(self) -> bool:
+        self._parser.feed_eof()
+        self._process()
+        # Keep our side open: a client may half-close after its request and still read the answer.
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._cancel_timer()
+        self._gate.close()
+        if self._body is not None:
+            self._body.fail(BodyReadError("client closed the connection"))
+        self._transport = None
+        self._shared.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._gate.pause()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._gate.resume()
+        if not self._call_active:
+            self._process()
+
+    # -- reading and dispatching -------------------------------------------------------------
+
+    def _process(self) -> None:
+        parser = self._parser
+        while not self._closing:
+            if self._head is None and (self._writing_paused or self._call_active):
+                return  # the previous response is still leaving; read the next head after it
+            if self._call_active and parser.message_done:
+                # The app is still answering; the next request waits in the parser's buffer.
+                if parser.buffered_bytes > self._limits.pipeline_buffer_bytes:
+                    self._pause_reading()
+                return
+            if self._reading_paused and self._body is not None:
+                return
+            event = parser.next_event()
+            if event is NEED_DATA:
+                self._resume_reading()
+                return
+            if isinstance(event, BodyData):
+                self._on_body_data(event.data)
+            elif isinstance(event, RequestHead):
+                self._start_request(event)
+            elif isinstance(event, EndOfBody):
+                if self._body is not None:
+                    self._body.finish()
+                    self._body = None
+            elif event is PAUSED:
+                if self._call_active:
+                    return
+                # An unread body was drained after its response: on to the next request.
+                self._draining = False
+                self._next_cycle()
+            elif isinstance(event, Refusal):
+                self._on_refusal(event)
+                return
+            elif event is CLOSED:
+                self._close()
+                return
+
+    def _on_body_data(self, data: bytes) -> None:
+        if self._body is not None:
+            if self._body.push(data):
+                self._pause_reading()
+            return
+        # Draining the body of a request whose app did not read it.
+        self._drained += len(data)
+        if self._drained > self._limits.drain_max_bytes:
+            self._close()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None and not self._closing:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    def _on_body_consumed(self) -> None:
+        """The app's reads made room in the body buffer (runs on the loop)."""
+        self._resume_reading()
+        self._process()
+
+    # -- one request -------------------------------------------------------------------------
+
+    def _start_request(self, head: RequestHead) -> None:
+        self._cancel_timer()
+        self._head = head
+        self._head_deadline_armed = False
+        self._continue_sent = False
+        self._response_started = False
+        self._started_at = time.monotonic()
+        shared = self._shared
+        config = shared.config
+        if head.has_body:
+            first_read = self._request_continue if head.expect_continue else None
+            self._body = BodyChannel(
+                self._limits.body_buffer_bytes,
+                self._limits.body_idle_timeout_s,
+                self._request_resume,
+                first_read,
+            )
+            wsgi_input: Any = InputStream(self._body)
+        else:
+            self._body = None
+            wsgi_input = EMPTY_INPUT
+        environ = build_environ(
+            head,
+            peer=self._peer,
+            server=self._server_addr,
+            url_scheme=self._url_scheme,
+            wsgi_input=wsgi_input,
+            wsgi_errors=shared.wsgi_errors,
+            file_wrapper=FileWrapper,
+        )
+        framer = ResponseFramer(
+            is_head=head.method == b"HEAD",
+            http11=head.http_version == b"1.1",
+            client_keep_alive=head.keep_alive and not shared.stopping,
+        )
+        self._framer = framer
+        call = WsgiCall(shared.app, environ, framer, self)
+        if not self._pool.submit(call.run):
+            self._refuse_now(reasons.POOL_SATURATED, "pool saturated", b"", retry_after=1)
+            return
+        self._call_active = True
+
+    def _request_continue(self) -> None:
+        """On the app's thread, at its first wsgi.input read."""
+        self._pool.call_in_loop(self._send_continue)
+
+    def _send_continue(self) -> None:
+        if self._transport is not None and not self._response_started and not self._continue_sent:
+            self._continue_sent = True
+            self._transport.write(_CONTINUE)
+
+    def _request_resume(self) -> None:
+        self._pool.call_in_loop(self._on_body_consumed)
+
+    # -- the ResponseSink the app's thread writes through ------------------------------------
+
+    def fixed_headers(self) -> bytes:
+        return self._shared.fixed_headers.value
+
+    def server_error(self, status: int, body: bytes) -> bytes:
+        return error_response(
+            status,
+            HTTPStatus(status).phrase,
+            body,
+            fixed_headers=self._shared.fixed_headers.value,
+            close=True,
+        )
+
+    def send(self, data: bytes) -> None:
+        if not data:
+            return
+        self._gate.acquire(len(data), self._limits.write_timeout_s)
+        self._pool.call_in_loop(self._loop_write, data)
+
+    def finish(self, data: bytes, keep_alive: bool, outcome: str) -> None:
+        self._pool.call_in_loop(self._loop_finish, data, keep_alive, outcome)
+
+    def abort(self, outcome: str) -> None:
+        self._pool.call_in_loop(self._loop_abort, outcome)
+
+    def sendfile(self, fileno: int, offset: int, count: int) -> int:
+        """Send part of a file with os.sendfile from the app's thread.
+
+        This is the one socket write outside the loop: asyncio and uvloop refuse to watch a
+        transport's descriptor. It is made safe by order: the loop first lets every queued byte
+        reach the kernel and hands over a duplicate of the descriptor (so a close on the loop
+        cannot let the number be reused under us); the loop writes nothing else on this
+        connection until the call finishes.
+        """
+        handed: list[int] = []
+        ready = threading.Event()
+        self._pool.call_in_loop(self._loop_hand_over_fd, handed, ready)
+        timeout = self._limits.write_timeout_s
+        if not ready.wait(timeout) or not handed:
+            raise ClientGone("connection closed before the file could be sent")
+        fd = handed[0]
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        sent = 0
+        try:
+            while sent < count:
+                try:
+                    written = os.sendfile(fd, fileno, offset + sent, count - sent)
+                except BlockingIOError:
+                    if not poller.poll(timeout * 1000):
+                        raise ClientGone(f"client did not read for {timeout:g} s") from None
+                    continue
+                except OSError as exc:
+                    raise ClientGone(str(exc)) from exc
+                if written == 0:
+                    break  # the file is shorter than it was when measured
+                sent += written
+        finally:
+            os.close(fd)
+        return sent
+
+    # -- loop side of the sink ---------------------------------------------------------------
+
+    def _loop_write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not self._closing:
+            self._response_started = True
+            transport.write(data)
+        self._gate.release(len(data))
+
+    def _loop_hand_over_fd(self, handed: list[int], ready: threading.Event) -> None:
+        transport = self._transport
+        if transport is None or self._closing or self._socket_fd < 0:
+            ready.set()
+            return
+        if transport.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(0.001, self._loop_hand_over_fd, handed, ready)
+            return
+        self._response_started = True
+        handed.append(os.dup(self._socket_fd))
+        ready.set()
+
+    def _loop_finish(self, data: bytes, keep_alive: bool, outcome: str) -> None:
+        self._call_active = False
+        self._pool.job_done()
+        transport = self._transport
+        head = self._head
+        if transport is None or self._closing or head is None:
+            return
+        self._response_started = True
+        if data:
+            transport.write(data)
+        self.requests_served += 1
+        self._shared.request_finished(
+            self, head, self._framer, outcome, time.monotonic() - self._started_at
+        )
+        if not keep_alive or self._must_close or self._shared.stopping:
+            self._close()
+            return
+        if self._body is not None:
+            # The app answered without reading the whole body.
+            body, self._body = self._body, None
+            body.fail(BodyReadError("the response was already sent"))
+            if head.expect_continue and not self._continue_sent:
+                # The client is waiting for our 100 before sending the body: it will never come,
+                # and reading on would take the body for the next request.
+                self._close()
+                return
+            self._draining = True
+            self._drained = 0
+            self._resume_reading()
+            self._process()
+            return
+        self._next_cycle()
+
+    def _loop_abort(self, outcome: str) -> None:
+        self._call_active = False
+        self._pool.job_done()
+        head = self._head
+        if head is not None:
+            self._shared.request_finished(
+                self, head, self._framer, outcome, time.monotonic() - self._started_at
+            )
+        transport = self._transport
+        if transport is not None:
+            if outcome == "app_error_after_head":
+                self._close()
+            else:
+                self._closing = True
+                transport.abort()
+
+    def _next_cycle(self, *, process: bool = True) -> None:
+        self._head = None
+        self._framer = None
+        self._parser.start_next_cycle()
+        if self._parser.buffered_bytes:
+            self._head_deadline_armed = True
+            self._arm_timer(self._limits.head_timeout_s, self._on_head_timeout)
+        else:
+            self._arm_timer(self._limits.keepalive_timeout_s, self._on_idle_timeout)
+        self._resume_reading()
+        if process:
+            self._process()
+
+    # -- refusals ----------------------------------------------------------------------------
+
+    def _on_refusal(self, refusal: Refusal) -> None:
+        reason = refusal.reason
+        self._log_refusal(reason, refusal.detail, refusal.request_line)
+        if self._call_active:
+            # The body went bad while the app reads it: its next read raises, and the
+            # connection closes after whatever the app answers.
+            self._must_close = True
+            if self._body is not None:
+                self._body.fail(
+                    BodyReadError(reason.summary, status=reason.status, code=reason.code)
+                )
+                self._body = None
+            return
+        if self._draining or self._response_started and self._head is not None:
+            self._close()
+            return
+        self._write_refusal(reason, retry_after=None)
+
+    def _refuse_now(
+        self, reason: Reason, detail: str, request_line: bytes, *, retry_after: int | None
+    ) -> None:
+        self._log_refusal(reason, detail, request_line)
+        if self._body is not None:
+            # The body was never going to be read: close instead of keeping the connection.
+            self._body = None
+            self._must_close = True
+        self._write_refusal(reason, retry_after=retry_after)
+
+    def _write_refusal(self, reason: Reason, *, retry_after: int | None) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        close = reason.close or self._must_close or (self._head is not None and self._head.has_body)
+        fixed = self._shared.fixed_headers.value
+        if retry_after is not None:
+            fixed += b"Retry-After: %d\r\n" % retry_after
+        body = f"{reason.phrase}: {reason.summary}\n".encode()
+        transport.write(error_response(reason.status, reason.phrase, body, fixed_headers=fixed, close=close))
+        if close:
+            self._close()
+        else:
+            # Called from inside _process, whose loop goes on to the next request.
+            self._next_cycle(process=False)
+
+    def _log_refusal(self, reason: Reason, detail: str, request_line: bytes) -> None:
+        digest = hashlib.sha256(request_line).hexdigest()[:16] if request_line else "-"
+        peer = f"{self._peer[0]}:{self._peer[1]}" if self._peer else "-"
+        _security_log.warning(
+            "refused reason=%s status=%d peer=%s request_line_sha256=%s detail=%r",
+            reason.code,
+            reason.status,
+            peer,
+            digest,
+            detail,
+            extra={"reason": reason.code, "status": reason.status, "peer": peer},
+        )
+        self._shared.refused(reason)
+
+    # -- timers and closing ------------------------------------------------------------------
+
+    def _arm_timer(self, delay: float, callback: Any) -> None:
+        self._cancel_timer()
+        if delay > 0 and not self._closing:
+            self._timer = asyncio.get_running_loop().call_later(delay, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_idle_timeout(self) -> None:
+        self._timer = None
+        if not self._call_active and self._parser.buffered_bytes == 0:
+            self._close()
+
+    def _on_head_timeout(self) -> None:
+        self._timer = None
+        if self._head is None and not self._call_active:
+            self._log_refusal(reasons.HEAD_TIMEOUT, f"{self._limits.head_timeout_s:g} s", b"")
+            self._write_refusal(reasons.HEAD_TIMEOUT, retry_after=None)
+
+    def close_when_idle(self) -> None:
+        """Graceful stop: close now if idle, or after the response in progress."""
+        if self._call_active or self._draining:
+            self._must_close = True
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._cancel_timer()
+        self._gate.close()
+        if self._body is not None:
+            self._body.fail(BodyReadError("connection closed"))
+            self._body = None
+        if self._transport is not None:
+            self._transport.close()
