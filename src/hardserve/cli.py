@@ -57,7 +57,9 @@ def _option(setting: Setting) -> Any:
 
 
 def _build() -> click.Command:
-    @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+    @click.command(
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+    )
     @click.argument("app", metavar="MODULE:APP")
     @click.option(
         "--version",

@@ -59,7 +59,9 @@ def load_app(spec: str, *, chdir: str | None = None, pythonpath: tuple[str, ...]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+        if exc.name is not None and (
+            module_name == exc.name or module_name.startswith(exc.name + ".")
+        ):
             raise AppLoadError(f"no module named {exc.name!r} (from {spec!r})") from None
         raise  # the app's own import failed: its traceback is what the user needs
     try:
@@ -71,7 +73,5 @@ def load_app(spec: str, *, chdir: str | None = None, pythonpath: tuple[str, ...]
             raise AppLoadError(f"{module_name}:{attribute} is not callable, so it cannot be called")
         target = target(*args, **kwargs)
     if not callable(target):
-        raise AppLoadError(
-            f"{spec!r} is a {type(target).__name__}, not a WSGI callable"
-        )
+        raise AppLoadError(f"{spec!r} is a {type(target).__name__}, not a WSGI callable")
     return target

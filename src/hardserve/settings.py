@@ -105,9 +105,7 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="SECONDS",
     ),
     Setting("loop", "Event loop implementation.", "auto", choices=("auto", "uvloop", "asyncio")),
-    Setting(
-        "access_log", "Write the access log to FILE, or '-' for stderr.", None, metavar="FILE"
-    ),
+    Setting("access_log", "Write the access log to FILE, or '-' for stderr.", None, metavar="FILE"),
     Setting(
         "log_level",
         "Level of the error log.",

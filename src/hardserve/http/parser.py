@@ -39,29 +39,56 @@ _FIELD_VALUE_RE: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 # RFC 9112 section 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
 _QUOTED = rb'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"'
 _CHUNK_LINE_RE: Final = re.compile(
-    rb"([0-9A-Fa-f]+)((?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|"
-    + _QUOTED + rb"))?)*)"
+    rb"([0-9A-Fa-f]+)((?:[ \t]*;[ \t]*"
+    + _TOKEN
+    + rb"(?:[ \t]*=[ \t]*(?:"
+    + _TOKEN
+    + rb"|"
+    + _QUOTED
+    + rb"))?)*)"
 )
-_HOST_RE: Final = re.compile(
-    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?"
-)
+_HOST_RE: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 # RFC 9110 section 6.5.1: a trailer must not carry framing, routing, authentication or
 # request-modifying fields; a sender that puts them there is trying to be read twice.
 _FORBIDDEN_TRAILERS: Final = frozenset(
     {
-        b"authorization", b"cache-control", b"connection", b"content-encoding",
-        b"content-length", b"content-range", b"content-type", b"cookie", b"expect", b"host",
-        b"keep-alive", b"max-forwards", b"pragma", b"proxy-authenticate",
-        b"proxy-authorization", b"proxy-connection", b"range", b"set-cookie", b"te",
-        b"trailer", b"transfer-encoding", b"upgrade", b"www-authenticate",
+        b"authorization",
+        b"cache-control",
+        b"connection",
+        b"content-encoding",
+        b"content-length",
+        b"content-range",
+        b"content-type",
+        b"cookie",
+        b"expect",
+        b"host",
+        b"keep-alive",
+        b"max-forwards",
+        b"pragma",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"range",
+        b"set-cookie",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"www-authenticate",
     }
 )
 # Fields defined as a single value (RFC 9110): two of them cannot be joined with ", " into a
 # meaning both sides agree on, so a request carrying two is refused rather than guessed at.
 _SINGLETON_FIELDS: Final = frozenset(
     {
-        b"content-type", b"authorization", b"proxy-authorization", b"range", b"if-range",
-        b"if-modified-since", b"if-unmodified-since", b"max-forwards",
+        b"content-type",
+        b"authorization",
+        b"proxy-authorization",
+        b"range",
+        b"if-range",
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"max-forwards",
     }
 )
 # RFC 9112 section 2.2: a server SHOULD ignore at least one empty line before the request line.
@@ -219,7 +246,9 @@ class RequestParser:
             if first == _LF:
                 return self._refuse(reasons.BARE_LF, "LF before the request line")
             if first in (_SP, _HTAB) or (first == _CR and len(buf) > 1):
-                return self._refuse(reasons.LEADING_WHITESPACE, "whitespace before the request line")
+                return self._refuse(
+                    reasons.LEADING_WHITESPACE, "whitespace before the request line"
+                )
         while True:
             start = self._scan_pos
             newline = buf.find(b"\n", start)
@@ -331,13 +360,17 @@ class RequestParser:
             if http_version == b"1.0":
                 return self._refuse(reasons.TE_HTTP10, "Transfer-Encoding in HTTP/1.0")
             if len(transfer_encodings) != 1 or transfer_encodings[0].lower() != b"chunked":
-                return self._refuse(reasons.TE_NOT_CHUNKED, repr(b", ".join(transfer_encodings))[:80])
+                return self._refuse(
+                    reasons.TE_NOT_CHUNKED, repr(b", ".join(transfer_encodings))[:80]
+                )
             chunked = True
         elif content_lengths:
             if len(content_lengths) != 1:
-                return self._refuse(reasons.MULTIPLE_CONTENT_LENGTH, f"{len(content_lengths)} fields")
+                return self._refuse(
+                    reasons.MULTIPLE_CONTENT_LENGTH, f"{len(content_lengths)} fields"
+                )
             digits = content_lengths[0]
-            # Only 1*DIGIT: int() would also take '+1', ' 1', '1_0' and '١' (Arabic-Indic).
+            # Only 1*DIGIT: int() would also take '+1', ' 1', '1_0' and non-ASCII digits.
             if not digits or not digits.isdigit() or len(digits) > 18 or not digits.isascii():
                 return self._refuse(reasons.INVALID_CONTENT_LENGTH, repr(digits[:40]))
             content_length = int(digits)
@@ -432,7 +465,7 @@ class RequestParser:
                 return BodyData(data)
             if state == _CHUNK_CRLF:
                 if len(buf) < 2:
-                    if buf[:1] not in (b"", b"\r"):
+                    if len(buf) == 1 and buf[0] != _CR:
                         return self._refuse(reasons.BAD_CHUNK_TERMINATOR, repr(bytes(buf[:2])))
                     break
                 if buf[:2] != b"\r\n":
@@ -483,7 +516,9 @@ class RequestParser:
             newline = buf.find(b"\n")
             if newline < 0:
                 if self._trailer_bytes + len(buf) > limits.trailer_max_bytes + 1:
-                    return self._refuse(reasons.TRAILERS_TOO_LARGE, f"over {limits.trailer_max_bytes}")
+                    return self._refuse(
+                        reasons.TRAILERS_TOO_LARGE, f"over {limits.trailer_max_bytes}"
+                    )
                 if self._eof:
                     return self._refuse(reasons.INCOMPLETE_BODY, "closed inside the trailers")
                 return NEED_DATA

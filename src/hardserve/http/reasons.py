@@ -35,7 +35,9 @@ def _reason(code: str, status: int, summary: str, *, close: bool = True) -> Reas
 
 
 # The request head.
-MALFORMED_REQUEST_LINE = _reason("malformed_request_line", 400, "request line is not METHOD SP target SP HTTP/x.y")
+MALFORMED_REQUEST_LINE = _reason(
+    "malformed_request_line", 400, "request line is not METHOD SP target SP HTTP/x.y"
+)
 MALFORMED_HEADER = _reason("malformed_header", 400, "header field is not token ':' value")
 BARE_LF = _reason("bare_lf", 400, "line ended by LF without CR")
 BARE_CR = _reason("bare_cr", 400, "CR not followed by LF")
@@ -74,7 +76,9 @@ INCOMPLETE_HEAD = _reason("incomplete_head", 400, "connection closed inside the 
 HEAD_TIMEOUT = _reason("head_timeout", 408, "request head not complete within the head deadline")
 
 # Capacity.
-POOL_SATURATED = _reason("pool_saturated", 503, "every pool thread busy and the queue full", close=False)
+POOL_SATURATED = _reason(
+    "pool_saturated", 503, "every pool thread busy and the queue full", close=False
+)
 
 
 def by_code(code: str) -> Reason:

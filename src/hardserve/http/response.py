@@ -13,8 +13,16 @@ from typing import Final
 # Hop-by-hop fields belong to the server, never to the app (PEP 3333, RFC 9110 section 7.6.1).
 _HOP_BY_HOP: Final = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-        "trailer", "trailers", "transfer-encoding", "upgrade", "proxy-connection",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
     }
 )
 _TOKEN_RE: Final = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
@@ -78,8 +86,15 @@ class ResponseFramer:
     """Turns one response into bytes: the head, each body piece, the end."""
 
     __slots__ = (
-        "_http11", "_is_head", "_kind", "_remaining", "client_keep_alive", "keep_alive",
-        "overflow", "sent_body_bytes", "status_code",
+        "_http11",
+        "_is_head",
+        "_kind",
+        "_remaining",
+        "client_keep_alive",
+        "keep_alive",
+        "overflow",
+        "sent_body_bytes",
+        "status_code",
     )
 
     def __init__(self, *, is_head: bool, http11: bool, client_keep_alive: bool) -> None:
@@ -111,7 +126,11 @@ class ResponseFramer:
         keep_alive = self.keep_alive and not force_close
         parts = [b"HTTP/1.1 ", status_line, b"\r\n", fixed_headers]
         for name, value in headers:
-            if content_length is not None and status_code == 204 and name.lower() == b"content-length":
+            if (
+                content_length is not None
+                and status_code == 204
+                and name.lower() == b"content-length"
+            ):
                 continue  # RFC 9110 section 8.6: never a Content-Length in a 204
             parts += (name, b": ", value, b"\r\n")
         if status_code in (204, 304) or self._is_head:
@@ -177,7 +196,9 @@ class ResponseFramer:
         return b""
 
 
-def error_response(status: int, phrase: str, body: bytes, *, fixed_headers: bytes, close: bool) -> bytes:
+def error_response(
+    status: int, phrase: str, body: bytes, *, fixed_headers: bytes, close: bool
+) -> bytes:
     """A complete short response written by the server itself (refusals, 500, 503)."""
     return b"".join(
         (

@@ -18,7 +18,9 @@ class BodyReadError(OSError):
     """wsgi.input could not deliver the body: the client went away, sent a body we refused, or
     stopped sending. Apps may let it propagate; the server then answers or closes."""
 
-    def __init__(self, message: str, *, status: int = 400, code: str = "client_disconnected") -> None:
+    def __init__(
+        self, message: str, *, status: int = 400, code: str = "client_disconnected"
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code

@@ -71,7 +71,13 @@ class FileWrapper:
 
 class WsgiCall:
     __slots__ = (
-        "_app", "_environ", "_framer", "_head_sent", "_sink", "_status", "request_line",
+        "_app",
+        "_environ",
+        "_framer",
+        "_head_sent",
+        "_sink",
+        "_status",
+        "request_line",
     )
 
     def __init__(

@@ -265,7 +265,6 @@ class HttpConnection(asyncio.Protocol):
         self._response_started = False
         self._started_at = time.monotonic()
         shared = self._shared
-        config = shared.config
         if head.has_body:
             first_read = self._request_continue if head.expect_continue else None
             self._body = BodyChannel(
@@ -471,7 +470,7 @@ class HttpConnection(asyncio.Protocol):
                 )
                 self._body = None
             return
-        if self._draining or self._response_started and self._head is not None:
+        if self._draining or (self._response_started and self._head is not None):
             self._close()
             return
         self._write_refusal(reason, retry_after=None)
@@ -495,7 +494,9 @@ class HttpConnection(asyncio.Protocol):
         if retry_after is not None:
             fixed += b"Retry-After: %d\r\n" % retry_after
         body = f"{reason.phrase}: {reason.summary}\n".encode()
-        transport.write(error_response(reason.status, reason.phrase, body, fixed_headers=fixed, close=close))
+        transport.write(
+            error_response(reason.status, reason.phrase, body, fixed_headers=fixed, close=close)
+        )
         if close:
             self._close()
         else:

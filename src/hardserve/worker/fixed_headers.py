@@ -18,5 +18,7 @@ class FixedHeaders:
     def refresh(self) -> float:
         """Reformat Date; returns the seconds until the next whole second."""
         now = time.time()
-        self.value = b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n" + self._server
+        self.value = (
+            b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n" + self._server
+        )
         return 1.0 - (now % 1.0)

@@ -10,6 +10,7 @@ bench/RESULTS.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -41,7 +42,9 @@ class Pool:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         for index in range(self.size):
-            thread = threading.Thread(target=self._work, name=f"hardserve-pool-{index}", daemon=True)
+            thread = threading.Thread(
+                target=self._work, name=f"hardserve-pool-{index}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -85,10 +88,9 @@ class Pool:
                 return
             self._wake_pending = True
         assert self._loop is not None
-        try:
+        # RuntimeError: the loop has closed because the worker is exiting.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._drain_to_loop)
-        except RuntimeError:  # the loop has closed: the worker is exiting
-            pass
 
     def _work(self) -> None:
         jobs = self._jobs

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `make bench`: installs the benchmark's own tools, then runs the driver.
+#
+# hardserve is installed editable from this checkout into bench/.venv, beside gunicorn and
+# waitress, so the three servers run on the same interpreter with the same site-packages.
+#
+# Usage: bench/run.sh [--quick] [--rounds N] [--duration S] [--cases NAME,...]
+set -euo pipefail
+bench_dir="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$bench_dir")"
+venv="$bench_dir/.venv"
+python="${PYTHON:-python3}"
+
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "wrk is missing: install the Debian package wrk (run as root to have it installed)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends wrk
+fi
+command -v taskset >/dev/null 2>&1 || { echo "taskset (util-linux) is missing" >&2; exit 1; }
+
+# Reinstall only when the requirements or the project's metadata change.
+stamp="$venv/.installed"
+if [ ! -f "$stamp" ] || [ "$bench_dir/requirements.txt" -nt "$stamp" ] \
+    || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+  [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -r "$bench_dir/requirements.txt"
+  "$venv/bin/python" -m pip install --quiet -e "$root"
+  touch "$stamp"
+fi
+
+cd "$root"
+exec "$venv/bin/python" -m bench.bench "$@"
