@@ -159,7 +159,9 @@ def server_closed(sock: socket.socket, wait_s: float = 0.2) -> bool:
     return True
 
 
-def exchange(server: RunningServer, raw: bytes, count: int = 1, **kwargs: Any) -> tuple[list[Response], bool]:
+def exchange(
+    server: RunningServer, raw: bytes, count: int = 1, **kwargs: Any
+) -> tuple[list[Response], bool]:
     """Send raw bytes on a new connection and read `count` responses."""
     with server.connect() as sock:
         sock.sendall(raw)
@@ -182,7 +184,9 @@ _LISTENING_RE = re.compile(r"listening at http://(?P<host>[^\s]+):(?P<port>\d+)"
 
 
 @contextlib.contextmanager
-def serve_process(*args: str, env: dict[str, str] | None = None, cwd: str | None = None) -> Iterator[ServerProcess]:
+def serve_process(
+    *args: str, env: dict[str, str] | None = None, cwd: str | None = None
+) -> Iterator[ServerProcess]:
     """Run `python -m hardserve ARGS --bind 127.0.0.1:0` and wait for its listening line."""
     command = [sys.executable, "-m", "hardserve", *args]
     if not any(arg.startswith("--bind") for arg in args):

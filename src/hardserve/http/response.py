@@ -133,8 +133,13 @@ class ResponseFramer:
             ):
                 continue  # RFC 9110 section 8.6: never a Content-Length in a 204
             parts += (name, b": ", value, b"\r\n")
-        if status_code in (204, 304) or self._is_head:
+        if status_code in (204, 304):
             self._kind = _NO_BODY
+        elif self._is_head:
+            self._kind = _NO_BODY
+            if content_length is None and body_length_hint is not None:
+                # What a GET would have carried (RFC 9110 section 9.3.2).
+                parts += (b"Content-Length: ", str(body_length_hint).encode("ascii"), b"\r\n")
         elif content_length is not None:
             self._kind = _LENGTH
             self._remaining = content_length
@@ -182,6 +187,11 @@ class ResponseFramer:
     def short_by(self) -> int:
         """Bytes the app promised with Content-Length and did not send."""
         return self._remaining if self._kind == _LENGTH else 0
+
+    @property
+    def bodyless(self) -> bool:
+        """The response can carry no body at all (HEAD, 204, 304)."""
+        return self._kind == _NO_BODY
 
     @property
     def accepts_body(self) -> bool:

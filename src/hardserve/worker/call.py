@@ -192,6 +192,10 @@ class WsgiCall:
                 raise TypeError(f"the app yielded {type(piece).__name__}, not bytes")
             if piece:
                 send(self._frame(piece, None))
+                if self._framer.bodyless:
+                    # HEAD, 204, 304: nothing more will be sent, so stop asking the app for
+                    # bytes (an endless stream would hold this thread forever); close() follows.
+                    break
         self._end(b"" if self._head_sent else self._head(None))
 
     def _end(self, out: bytes) -> None:

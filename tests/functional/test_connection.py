@@ -1,0 +1,207 @@
+"""Connection behaviour over real sockets: keep-alive, pipelining, close, refusals, 503."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import pytest
+
+from hardserve.http.limits import Limits
+from tests.helpers import TIMEOUT_S, exchange, read_responses, serve, server_closed
+
+
+def echo_path(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [environ["PATH_INFO"].encode("latin-1") + b"|" + body]
+
+
+def test_http11_keeps_the_connection_by_default() -> None:
+    with serve(echo_path) as server:
+        responses, closed = exchange(server, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert responses[0].body == b"/a|"
+    assert responses[0].header("Connection") is None
+    assert not closed
+
+
+def test_http10_closes_unless_keep_alive_is_asked() -> None:
+    with serve(echo_path) as server:
+        responses, closed = exchange(server, b"GET /a HTTP/1.0\r\n\r\n")
+        assert responses[0].header("Connection") == "close"
+        assert closed
+        responses, closed = exchange(
+            server,
+            b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\n",
+            2,
+        )
+    assert [r.body for r in responses] == [b"/a|", b"/b|"]
+    assert responses[0].header("Connection") == "keep-alive"
+    assert responses[1].header("Connection") == "close"
+    assert closed
+
+
+def test_connection_close_from_the_client_is_honoured() -> None:
+    with serve(echo_path) as server:
+        raw = b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+        with server.connect() as sock:
+            sock.sendall(raw)
+            responses, closed = read_responses(sock, 1)
+    assert responses[0].body == b"/a|"
+    assert responses[0].header("Connection") == "close"
+    assert closed  # and /b was never answered
+
+
+def test_pipelined_requests_are_answered_in_order_one_call_at_a_time() -> None:
+    active = 0
+    most_active = 0
+    lock = threading.Lock()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        nonlocal active, most_active
+        with lock:
+            active += 1
+            most_active = max(most_active, active)
+        try:
+            body = environ["wsgi.input"].read()
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [environ["PATH_INFO"].encode() + b"|" + body]
+        finally:
+            with lock:
+                active -= 1
+
+    raw = b"".join(
+        b"POST /%d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nb%02d" % (i, i)
+        for i in range(10)
+    )
+    with serve(app, threads=8) as server:
+        responses, closed = exchange(server, raw, 10, method=b"POST")
+    assert [r.body for r in responses] == [b"/%d|b%02d" % (i, i) for i in range(10)]
+    assert most_active == 1
+    assert not closed
+
+
+def test_pipelined_chunked_request_then_plain_request() -> None:
+    raw = (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nX-Checksum: 1\r\n\r\n"
+        b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    with serve(echo_path) as server:
+        responses, _ = exchange(server, raw, 2, methods=[b"POST", b"GET"])
+    assert [r.body for r in responses] == [b"/a|abcde", b"/b|"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+            "cl_te_conflict",
+        ),
+        (b"GET / HTTP/1.1\nHost: x\r\n\r\n", 400, "bare_lf"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nA: b\r\n c\r\n\r\n", 400, "obs_fold"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "te_not_chunked"),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505, "unsupported_version"),
+        (b"GET / HTTP/1.1\r\n\r\n", 400, "missing_host"),
+    ],
+)
+def test_refusals_answer_close_and_log_a_reason_code(
+    raw: bytes, status: int, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        calls.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b""]
+
+    caplog.set_level(logging.WARNING, logger="hardserve.security")
+    # A valid request follows on the same connection: it must never be read.
+    with serve(app) as server:
+        responses, closed = exchange(server, raw + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert responses[0].status == status
+    assert responses[0].header("Connection") == "close"
+    assert len(responses[0].body) < 200
+    assert closed
+    assert calls == []
+    security = [r.getMessage() for r in caplog.records if r.name == "hardserve.security"]
+    assert any(f"reason={code} " in line for line in security), security
+
+
+def test_body_over_the_limit_is_refused_before_any_body_byte() -> None:
+    calls: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        calls.append("called")
+        start_response("200 OK", [])
+        return [b""]
+
+    with serve(app, limits=Limits(body_max_bytes=100)) as server:
+        responses, closed = exchange(
+            server, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n", method=b"POST"
+        )
+        assert responses[0].status == 413
+        assert closed
+        responses, closed = exchange(
+            server, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
+        )
+        assert responses[0].status == 200
+    assert calls == ["called"]
+
+
+def test_pool_saturated_gets_503_with_retry_after_at_once() -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/block":
+            entered.set()
+            release.wait(TIMEOUT_S)
+        start_response("200 OK", [])
+        return [b"done"]
+
+    with serve(app, threads=1, pool_queue_max=0) as server:
+        blocker = server.connect()
+        try:
+            blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert entered.wait(TIMEOUT_S)
+            responses, closed = exchange(server, b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert responses[0].status == 503
+            assert responses[0].header("Retry-After") == "1"
+            assert not closed
+            release.set()
+            blocked, _ = read_responses(blocker, 1)
+            assert blocked[0].body == b"done"
+        finally:
+            release.set()
+            blocker.close()
+
+
+def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
+    with (
+        serve(echo_path, limits=Limits(keepalive_timeout_s=0.2)) as server,
+        server.connect() as sock,
+    ):
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        responses, _ = read_responses(sock, 1)
+        assert responses[0].status == 200
+        assert server_closed(sock, wait_s=TIMEOUT_S)
+
+
+def test_head_not_finished_in_time_gets_408() -> None:
+    with serve(echo_path, limits=Limits(head_timeout_s=0.2)) as server, server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        responses, closed = read_responses(sock, 1)
+    assert responses[0].status == 408
+    assert closed
+
+
+def test_client_half_close_after_request_still_gets_the_answer() -> None:
+    with serve(echo_path) as server, server.connect() as sock:
+        sock.sendall(b"GET /half HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.shutdown(1)  # SHUT_WR
+        responses, _ = read_responses(sock, 1)
+    assert responses[0].body == b"/half|"
