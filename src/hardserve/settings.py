@@ -162,6 +162,8 @@ def load(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Con
             raw = env.get(setting.env_var)
             if raw is not None:
                 value = _from_env(setting, raw)
+        elif isinstance(value, str) and setting.type is not str:
+            value = _convert(setting, value)
         if value is None or (setting.multiple and not value):
             value = setting.default
         if setting.choices and value not in setting.choices:
@@ -180,9 +182,13 @@ def load(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Con
 
 
 def _from_env(setting: Setting, raw: str) -> Any:
+    if setting.multiple:
+        return tuple(_convert(setting, part.strip()) for part in raw.split(",") if part.strip())
+    return _convert(setting, raw)
+
+
+def _convert(setting: Setting, raw: str) -> Any:
     try:
-        if setting.multiple:
-            return tuple(setting.type(part.strip()) for part in raw.split(",") if part.strip())
         return setting.type(raw)
     except ValueError as exc:
-        raise SettingError(f"{setting.env_var}={raw!r}: {exc}") from exc
+        raise SettingError(f"{setting.flag} / {setting.env_var}: {raw!r}: {exc}") from exc
