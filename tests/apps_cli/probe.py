@@ -1,0 +1,19 @@
+"""Reports, as JSON, what the serving process looks like from inside the app: its working
+directory and how many pool threads hardserve started (they are named hardserve-pool-N)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    pool = sorted(t.name for t in threading.enumerate() if t.name.startswith("hardserve-pool-"))
+    body = json.dumps({"cwd": os.getcwd(), "pool_threads": pool}).encode()
+    start_response(
+        "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
+    return [body]

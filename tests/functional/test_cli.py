@@ -1,0 +1,569 @@
+"""The `hardserve` command as a user runs it: a real subprocess (`python -m hardserve` or the
+console script), its exit status, what it writes on stderr, and what it then serves.
+
+Exit statuses (cli.py): 0 after a clean stop, 2 for a usage error, 3 for a setting or a
+listener that cannot be used, 4 for an app that cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import http.client
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+import hardserve
+from hardserve.http.limits import Limits
+from hardserve.settings import Config
+from tests.helpers import ROOT, TIMEOUT_S, ServerProcess, read_responses, serve_process
+
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_APP_LOAD = 4
+
+HELLO = "tests.apps_cli.hello:app"
+HELLO_BODY = b"hello from apps_cli\n"
+CONSOLE_SCRIPT = Path(sys.executable).with_name("hardserve")
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve_process passes the runner's environment on; a HARDSERVE_* or PORT variable set
+    there would change what these tests start."""
+    for name in list(os.environ):
+        if name.startswith("HARDSERVE_") or name == "PORT":
+            monkeypatch.delenv(name)
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The test runner's environment without HARDSERVE_* or PORT, which would change what the
+    command does, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARDSERVE_") and k != "PORT"}
+    return {**env, **(extra or {})}
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m hardserve ARGS` expecting it to exit by itself (an error, --version)."""
+    return subprocess.run(
+        [sys.executable, "-m", "hardserve", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        env=clean_env(env),
+        cwd=cwd,
+        check=False,
+    )
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess[str], status: int) -> str:
+    """The error contract: the expected status, exactly one line on stderr, no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert result.returncode == status, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("hardserve: "), lines[0]
+    assert result.stdout == ""
+    return lines[0]
+
+
+@dataclasses.dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+
+def get(host: str, port: int, path: str = "/") -> Reply:
+    connection = http.client.HTTPConnection(host, port, timeout=TIMEOUT_S)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return Reply(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
+def fetch(server: ServerProcess, path: str = "/") -> Reply:
+    return get(server.host, server.port, path)
+
+
+_LISTENING_RE = re.compile(r"listening at http://(?P<host>\S+):(?P<port>\d+)")
+
+
+@contextlib.contextmanager
+def launch(
+    command: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Iterator[tuple[subprocess.Popen[str], str, int]]:
+    """Start any hardserve command line exactly as given (serve_process always runs
+    `python -m hardserve` and adds a --bind), wait for its first listening line and yield the
+    process with the host and port it names. SIGTERM and wait at the end."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(env),
+        cwd=cwd,
+    )
+    found: list[re.Match[str]] = []
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            match = _LISTENING_RE.search(line)
+            if match and not found:
+                found.append(match)
+                ready.set()
+        ready.set()  # EOF: the process ended without listening
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        assert ready.wait(TIMEOUT_S) and found, "did not start:\n" + "".join(lines)
+        yield process, found[0]["host"].strip("[]"), int(found[0]["port"])
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(TIMEOUT_S)
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll a cheap condition (a file exists, a log line arrived) up to TIMEOUT_S."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the kernel's choice for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+# -- serving an app ---------------------------------------------------------------------------
+
+
+def test_python_dash_m_serves_module_app() -> None:
+    with serve_process(HELLO, cwd=str(ROOT)) as server:
+        reply = fetch(server)
+    assert reply.status == 200
+    assert reply.body == HELLO_BODY
+
+
+def test_console_script_serves_module_app() -> None:
+    assert CONSOLE_SCRIPT.exists(), f"{CONSOLE_SCRIPT} is not installed"
+    with launch([str(CONSOLE_SCRIPT), HELLO, "--bind", "127.0.0.1:0"]) as (_, host, port):
+        reply = get(host, port)
+    assert reply.status == 200
+    assert reply.body == HELLO_BODY
+
+
+@pytest.mark.parametrize(
+    ("spec", "status", "body"),
+    [
+        ("tests.apps_cli.factory:make_app()", 200, b"hello"),
+        ("tests.apps_cli.factory:make_app('bonjour', status=201)", 201, b"bonjour"),
+        # Spaces around the call are part of what people type in shell scripts.
+        ("tests.apps_cli.factory: make_app( greeting = 'hi' ) ", 200, b"hi"),
+    ],
+)
+def test_factory_call_with_literal_arguments(spec: str, status: int, body: bytes) -> None:
+    with serve_process(spec, cwd=str(ROOT)) as server:
+        reply = fetch(server)
+    assert (reply.status, reply.body) == (status, body)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("hardserve_no_such_module:app", "no module named 'hardserve_no_such_module'"),
+        ("tests.apps_cli.no_such_module:app", "no module named 'tests.apps_cli.no_such_module'"),
+        ("tests.apps_cli.hello:no_such_name", "has no attribute 'no_such_name'"),
+        # Without ':NAME' the loader looks for `application`, which hello does not have.
+        ("tests.apps_cli.hello", "has no attribute 'application'"),
+        ("tests.apps_cli.hello:not_callable", "not a WSGI callable"),
+        ("tests.apps_cli.hello:not_callable()", "is not callable"),
+        ("tests.apps_cli.hello:app.__call__", "is not a name or a call"),
+        ("not a module:app", "is not MODULE:NAME"),
+        (":app", "is not MODULE:NAME"),
+        ("tests.apps_cli.hello:app(", "is not a name or a call"),
+    ],
+)
+def test_app_that_cannot_be_loaded_exits_4_with_one_line(spec: str, expected: str) -> None:
+    result = run_cli(spec, "--bind", "127.0.0.1:0")
+    line = assert_one_clear_line(result, EXIT_APP_LOAD)
+    assert line.startswith("hardserve: cannot load the app: ")
+    assert expected in line
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "make_app(__import__('os').system('touch {pwned}'))",
+        "make_app(greeting=__import__('os').system('touch {pwned}'))",
+        "make_app(open('{pwned}', 'w'))",
+        "make_app(greeting)",  # a name is not a literal
+        "make_app(*['x'])",
+        "make_app(**{{'greeting': 'x'}})",
+        "make_app((lambda: 'x')())",
+        "make_app(f'{{1}}')",
+    ],
+)
+def test_factory_call_with_code_is_refused_and_nothing_runs(call: str, tmp_path: Path) -> None:
+    pwned = tmp_path / "pwned"
+    imported = tmp_path / "imported"
+    spec = "tests.apps_cli.factory:" + call.format(pwned=pwned)
+    result = run_cli(
+        spec, "--bind", "127.0.0.1:0", env={"APPS_CLI_IMPORT_MARKER": str(imported)}
+    )
+    line = assert_one_clear_line(result, EXIT_APP_LOAD)
+    assert "not allowed" in line or "only have literal arguments" in line
+    assert not pwned.exists(), "the spec's code ran"
+    # The spec is refused before the module is imported: no code of the app ran either.
+    assert not imported.exists(), "the app module was imported for a refused spec"
+
+
+def test_import_marker_works_for_an_accepted_spec(tmp_path: Path) -> None:
+    # Makes the "not imported" assertion above meaningful: the marker does appear when the
+    # module is imported.
+    imported = tmp_path / "imported"
+    with serve_process(
+        "tests.apps_cli.factory:make_app()",
+        env={"APPS_CLI_IMPORT_MARKER": str(imported)},
+        cwd=str(ROOT),
+    ):
+        assert imported.exists()
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        (
+            "tests.apps_cli.broken_import:app",
+            "ModuleNotFoundError: No module named 'hardserve_test_dependency_that_is_not_installed'",
+        ),
+        (
+            "tests.apps_cli.raises_on_import:app",
+            "RuntimeError: apps_cli.raises_on_import: configuration is broken",
+        ),
+    ],
+)
+def test_error_inside_the_app_module_is_shown_with_its_traceback(spec: str, error: str) -> None:
+    # Unlike a wrong MODULE:APP, this is a bug in the app: the user needs the app's own
+    # traceback (file and line of the failing import), and it must not pass for a spec error
+    # (status 4), a setting error (3), usage (2) or success (0).
+    result = run_cli(spec, "--bind", "127.0.0.1:0")
+    assert result.returncode not in (0, EXIT_USAGE, EXIT_CONFIG, EXIT_APP_LOAD), result.stderr
+    assert result.returncode == 1, result.stderr  # Python's status for an uncaught exception
+    module_file = spec.partition(":")[0].rpartition(".")[2] + ".py"
+    assert "Traceback" in result.stderr
+    assert module_file in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == error
+    assert "listening at" not in result.stderr
+
+
+def test_no_app_argument_is_a_usage_error() -> None:
+    result = run_cli()
+    assert result.returncode == EXIT_USAGE
+    assert "Missing argument" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- --version and --help ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["python -m", "console script"])
+def test_version_names_every_component_on_one_line(how: str) -> None:
+    prefix = [sys.executable, "-m", "hardserve"] if how == "python -m" else [str(CONSOLE_SCRIPT)]
+    result = subprocess.run(
+        [*prefix, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        env=clean_env(),
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    for part in (
+        f"hardserve {hardserve.__version__}",
+        f"Python {platform.python_version()}",
+        f"h11 {metadata.version('h11')}",
+        f"uvloop {metadata.version('uvloop')}",
+    ):
+        assert part in lines[0], f"{part!r} missing from {lines[0]!r}"
+
+
+def test_help_lists_a_flag_for_every_setting_and_limit() -> None:
+    # The expected flags come from the dataclasses, not from the settings table, so a field
+    # added to Config or Limits without a flag is caught here.
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    names = [f.name for f in dataclasses.fields(Config) if f.name != "limits"]
+    names += [f.name for f in dataclasses.fields(Limits)]
+    missing = [
+        name
+        for name in names
+        if not re.search(r"^\s*--" + name.replace("_", "-") + r"\b", result.stdout, re.MULTILINE)
+    ]
+    assert not missing, f"--help has no flag for {missing}:\n{result.stdout}"
+    assert "--body-max-bytes" in result.stdout
+    assert "--version" in result.stdout
+
+
+# -- settings on the command line and in the environment ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ((), {}, Config().threads),
+        (("--threads", "3"), {}, 3),
+        ((), {"HARDSERVE_THREADS": "2"}, 2),
+        (("--threads", "3"), {"HARDSERVE_THREADS": "2"}, 3),  # the command line wins
+        (("--threads", "1"), {}, 1),
+    ],
+)
+def test_threads_sets_the_pool_size(
+    args: tuple[str, ...], env: dict[str, str], expected: int
+) -> None:
+    with serve_process("tests.apps_cli.probe:app", *args, env=env, cwd=str(ROOT)) as server:
+        reply = fetch(server)
+    assert reply.status == 200
+    threads = json.loads(reply.body)["pool_threads"]
+    assert len(threads) == expected, threads
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ((), {}, "hardserve"),
+        (("--server-header", "foo"), {}, "foo"),
+        (("--server-header", ""), {}, None),
+        ((), {"HARDSERVE_SERVER_HEADER": "bar"}, "bar"),
+        ((), {"HARDSERVE_SERVER_HEADER": ""}, None),
+        (("--server-header", "foo"), {"HARDSERVE_SERVER_HEADER": "bar"}, "foo"),
+        (("--server-header", ""), {"HARDSERVE_SERVER_HEADER": "bar"}, None),
+    ],
+)
+def test_server_header(args: tuple[str, ...], env: dict[str, str], expected: str | None) -> None:
+    with serve_process(HELLO, *args, env=env, cwd=str(ROOT)) as server:
+        reply = fetch(server)
+    assert reply.status == 200
+    assert reply.headers.get_all("Server") == (None if expected is None else [expected])
+
+
+def test_server_header_removed_as_seen_on_the_wire() -> None:
+    # http.client hides repeated or odd header lines; read the raw head with h11 as well.
+    with (
+        serve_process(HELLO, "--server-header", "", cwd=str(ROOT)) as server,
+        socket.create_connection((server.host, server.port), timeout=TIMEOUT_S) as sock,
+    ):
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        responses, _ = read_responses(sock, 1)
+    assert responses[0].status == 200
+    assert [name for name, _ in responses[0].headers if name.lower() == b"server"] == []
+
+
+def test_chdir_changes_directory_before_loading(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    # Importable only from `site`, so loading it proves --chdir happened before the import.
+    (site / "hardserve_chdir_app.py").write_text(
+        "import os\n"
+        "def app(environ, start_response):\n"
+        "    body = os.getcwd().encode()\n"
+        "    start_response('200 OK', [('Content-Length', str(len(body)))])\n"
+        "    return [body]\n"
+    )
+    with serve_process("hardserve_chdir_app:app", "--chdir", str(site), cwd=str(ROOT)) as server:
+        reply = fetch(server)
+    assert reply.status == 200
+    assert reply.body.decode() == os.path.realpath(site)
+
+
+def test_chdir_to_a_missing_directory_exits_4(tmp_path: Path) -> None:
+    result = run_cli(HELLO, "--chdir", str(tmp_path / "missing"), "--bind", "127.0.0.1:0")
+    line = assert_one_clear_line(result, EXIT_APP_LOAD)
+    assert "cannot change directory" in line
+
+
+def _write_pythonpath_app(tmp_path: Path) -> tuple[Path, Path]:
+    lib = tmp_path / "lib"
+    elsewhere = tmp_path / "elsewhere"
+    lib.mkdir()
+    elsewhere.mkdir()
+    (lib / "hardserve_pythonpath_app.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Length', '2')])\n"
+        "    return [b'pp']\n"
+    )
+    return lib, elsewhere
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_pythonpath_loads_an_app_from_a_directory_not_on_sys_path(
+    how: str, tmp_path: Path
+) -> None:
+    lib, elsewhere = _write_pythonpath_app(tmp_path)
+    args = ("--pythonpath", str(lib)) if how == "flag" else ()
+    env = {"HARDSERVE_PYTHONPATH": str(lib)} if how == "environment" else {}
+    with serve_process("hardserve_pythonpath_app:app", *args, env=env, cwd=str(elsewhere)) as s:
+        reply = fetch(s)
+    assert (reply.status, reply.body) == (200, b"pp")
+
+
+def test_without_pythonpath_the_same_app_is_not_found(tmp_path: Path) -> None:
+    # The counterpart of the test above: the directory really is not on sys.path by itself.
+    _, elsewhere = _write_pythonpath_app(tmp_path)
+    result = run_cli("hardserve_pythonpath_app:app", "--bind", "127.0.0.1:0", cwd=elsewhere)
+    line = assert_one_clear_line(result, EXIT_APP_LOAD)
+    assert "no module named 'hardserve_pythonpath_app'" in line
+
+
+# -- invalid settings -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (("--threads", "0"), {}, "--threads must be at least 1"),
+        (("--threads", "-2"), {}, "--threads must be at least 1"),
+        ((), {"HARDSERVE_THREADS": "many"}, "HARDSERVE_THREADS"),
+        ((), {"HARDSERVE_LOOP": "trio"}, "--loop must be one of"),
+        ((), {"HARDSERVE_UNIX_MODE": "999"}, "HARDSERVE_UNIX_MODE"),
+        (("--unix-mode", "rw-------"), {}, "--unix-mode"),
+        (("--body-max-bytes", "-1"), {}, "--body-max-bytes cannot be negative"),
+        ((), {"HARDSERVE_HEAD_TIMEOUT_S": "-0.5"}, "--head-timeout-s cannot be negative"),
+        (("--bind", "[::1"), {}, "is not [IPv6]:PORT"),
+        (("--bind", "::1:8000"), {}, "write IPv6 addresses as [ADDRESS]:PORT"),
+        (("--bind", "127.0.0.1:70000"), {}, "is not a port"),
+        (("--bind", "unix:"), {}, "unix: needs a path"),
+        (("--bind", "fd://x"), {}, "fd:// needs a descriptor number"),
+    ],
+)
+def test_invalid_setting_exits_3_with_one_line(
+    args: tuple[str, ...], env: dict[str, str], expected: str
+) -> None:
+    bind = () if "--bind" in args else ("--bind", "127.0.0.1:0")
+    result = run_cli(HELLO, *args, *bind, env=env)
+    line = assert_one_clear_line(result, EXIT_CONFIG)
+    assert expected in line
+
+
+def test_invalid_port_variable_exits_3_when_no_bind_is_given() -> None:
+    result = run_cli(HELLO, env={"PORT": "http"})
+    line = assert_one_clear_line(result, EXIT_CONFIG)
+    assert "PORT='http' is not a TCP port" in line
+
+
+@pytest.mark.parametrize(
+    "args", [("--threads", "many"), ("--loop", "trio"), ("--no-such-flag",)]
+)
+def test_malformed_flag_is_a_usage_error(args: tuple[str, ...]) -> None:
+    result = run_cli(HELLO, *args, "--bind", "127.0.0.1:0")
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Error:" in result.stderr
+
+
+def test_port_in_use_exits_3_with_one_line() -> None:
+    # Listening (not just bound) keeps the port taken even for a socket with SO_REUSEADDR.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        result = run_cli(HELLO, "--bind", f"127.0.0.1:{port}")
+    line = assert_one_clear_line(result, EXIT_CONFIG)
+    assert f"cannot bind 127.0.0.1:{port}" in line
+    assert "in use" in line
+
+
+def test_address_not_on_this_machine_exits_3() -> None:
+    # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): never assigned to a local interface.
+    result = run_cli(HELLO, "--bind", "192.0.2.1:0")
+    line = assert_one_clear_line(result, EXIT_CONFIG)
+    assert "cannot bind 192.0.2.1:0" in line
+
+
+# -- default binds ------------------------------------------------------------------------------
+
+
+def test_port_variable_binds_all_interfaces_on_that_port() -> None:
+    # Found by binding port 0 and releasing it: another process could take it in between, but
+    # the window is tiny and the alternative, a fixed port, is worse.
+    port = free_port()
+    command = [sys.executable, "-m", "hardserve", HELLO]  # no --bind: the default applies
+    with launch(command, env={"PORT": str(port)}) as (_, host, listening_port):
+        assert (host, listening_port) == ("0.0.0.0", port)
+        reply = get("127.0.0.1", port)
+    assert (reply.status, reply.body) == (200, HELLO_BODY)
+
+
+def test_explicit_bind_wins_over_port_variable() -> None:
+    # PORT=http would make the default bind fail (status 3); with --bind it is not consulted.
+    with serve_process(HELLO, "--bind", "127.0.0.1:0", env={"PORT": "http"}, cwd=str(ROOT)) as s:
+        reply = fetch(s)
+    assert reply.status == 200
+
+
+# -- stopping -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_lets_the_request_in_progress_finish(signum: int, tmp_path: Path) -> None:
+    spec = f"tests.apps_cli.gate:make_app({str(tmp_path)!r})"
+    with serve_process(spec, cwd=str(ROOT)) as server:
+        with socket.create_connection((server.host, server.port), timeout=TIMEOUT_S) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_until((tmp_path / "started").exists, "the request to reach the app")
+            server.process.send_signal(signum)
+            # The stop has begun (listeners closed) while the app still holds the request.
+            wait_until(
+                lambda: any("stopping" in line for line in server.stderr_lines),
+                "the server to log that it is stopping",
+            )
+            assert server.process.poll() is None, "exited with a request in progress"
+            (tmp_path / "release").touch()
+            responses, _ = read_responses(sock, 1)
+        assert responses[0].status == 200
+        assert responses[0].body == b"finished after the signal\n"
+        assert server.process.wait(TIMEOUT_S) == 0
+    assert "Traceback" not in "".join(server.stderr_lines)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_an_idle_server_with_status_0(signum: int) -> None:
+    with serve_process(HELLO, cwd=str(ROOT)) as server:
+        assert fetch(server).status == 200
+        server.process.send_signal(signum)
+        assert server.process.wait(TIMEOUT_S) == 0
+    assert "Traceback" not in "".join(server.stderr_lines)
