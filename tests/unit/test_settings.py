@@ -1,0 +1,285 @@
+"""settings.load: defaults, HARDSERVE_* variables, explicit (command-line) values, in that
+order of strength; validation; and the one-table promise (every Config and Limits field is a
+setting, a flag and a variable)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Any
+
+import click
+import pytest
+
+from hardserve.cli import main as cli_command
+from hardserve.http.limits import Limits
+from hardserve.settings import (
+    ALL_SETTINGS,
+    LIMIT_SETTINGS,
+    SETTINGS,
+    Config,
+    Setting,
+    SettingError,
+    default_binds,
+    load,
+)
+
+LIMIT_FIELDS = dataclasses.fields(Limits)
+CONFIG_FIELDS = [f for f in dataclasses.fields(Config) if f.name != "limits"]
+BY_NAME = {s.name: s for s in ALL_SETTINGS}
+
+
+def value_of(config: Config, name: str) -> Any:
+    return getattr(config.limits if hasattr(config.limits, name) else config, name)
+
+
+# -- one table --------------------------------------------------------------------------------
+
+
+def test_setting_names_are_unique() -> None:
+    names = [s.name for s in ALL_SETTINGS]
+    assert len(names) == len(set(names))
+
+
+def test_settings_are_exactly_the_config_and_limits_fields() -> None:
+    expected = {f.name for f in CONFIG_FIELDS} | {f.name for f in LIMIT_FIELDS}
+    assert set(BY_NAME) == expected
+
+
+@pytest.mark.parametrize("field", LIMIT_FIELDS, ids=lambda f: f.name)
+def test_every_limits_field_is_a_setting_with_its_default_and_type(
+    field: dataclasses.Field[Any],
+) -> None:
+    setting = BY_NAME[field.name]
+    assert setting in LIMIT_SETTINGS
+    assert setting.default == field.default
+    # A float limit must not be parsed as int (and the other way round).
+    assert setting.type is type(field.default)
+    assert setting.flag == "--" + field.name.replace("_", "-")
+    assert setting.env_var == "HARDSERVE_" + field.name.upper()
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
+def test_every_setting_default_is_the_config_default(setting: Setting) -> None:
+    if setting.name == "bind":
+        # The table says "none given"; load() then picks default_binds().
+        assert setting.default == ()
+        assert Config().bind == default_binds({})
+    else:
+        assert getattr(Config(), setting.name) == setting.default
+
+
+@pytest.mark.parametrize("setting", ALL_SETTINGS, ids=lambda s: s.name)
+def test_every_setting_is_a_command_line_flag(setting: Setting) -> None:
+    options = {
+        opt: param
+        for param in cli_command.params
+        if isinstance(param, click.Option)
+        for opt in param.opts
+    }
+    assert setting.flag in options
+    assert options[setting.flag].multiple == setting.multiple
+    if setting.choices:
+        assert isinstance(options[setting.flag].type, click.Choice)
+        assert tuple(options[setting.flag].type.choices) == setting.choices
+
+
+def test_flag_and_variable_names() -> None:
+    setting = Setting("some_thing_s", "help", 1.0, float)
+    assert setting.flag == "--some-thing-s"
+    assert setting.env_var == "HARDSERVE_SOME_THING_S"
+
+
+# -- defaults ---------------------------------------------------------------------------------
+
+
+def test_nothing_given_gives_the_config_defaults() -> None:
+    assert load({}, env={}) == Config()
+
+
+def test_default_bind_is_loopback_port_8000() -> None:
+    assert load({}, env={}).bind == ("127.0.0.1:8000",)
+    assert default_binds({}) == ("127.0.0.1:8000",)
+
+
+@pytest.mark.parametrize(
+    ("port", "binds"),
+    [
+        ("5000", ("0.0.0.0:5000",)),
+        (" 5000 ", ("0.0.0.0:5000",)),
+        ("1", ("0.0.0.0:1",)),
+        ("65535", ("0.0.0.0:65535",)),
+        ("", ("127.0.0.1:8000",)),  # set but empty counts as unset
+    ],
+)
+def test_port_variable_gives_all_interfaces(port: str, binds: tuple[str, ...]) -> None:
+    assert default_binds({"PORT": port}) == binds
+    assert load({}, env={"PORT": port}).bind == binds
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "-1", "http", "80.5", "8080/tcp"])
+def test_port_variable_that_is_not_a_port_is_refused(port: str) -> None:
+    with pytest.raises(SettingError, match="is not a TCP port"):
+        default_binds({"PORT": port})
+    with pytest.raises(SettingError, match="is not a TCP port"):
+        load({}, env={"PORT": port})
+
+
+def test_explicit_bind_wins_over_port_variable_and_port_is_then_not_read() -> None:
+    assert load({"bind": ("unix:/run/a.sock",)}, env={"PORT": "http"}).bind == (
+        "unix:/run/a.sock",
+    )
+
+
+def test_bind_variable_wins_over_port_variable() -> None:
+    env = {"HARDSERVE_BIND": "127.0.0.1:1, [::1]:2 ,", "PORT": "5000"}
+    assert load({}, env=env).bind == ("127.0.0.1:1", "[::1]:2")
+
+
+# -- precedence -------------------------------------------------------------------------------
+
+# (setting, text in the environment, its value, an explicit value)
+PRECEDENCE = [
+    ("threads", "3", 3, 5),
+    ("server_header", "from-env", "from-env", "from-cli"),
+    ("server_header", "", "", "from-cli"),  # an empty variable is a value: no Server header
+    ("unix_mode", "0644", 0o644, 0o640),
+    ("log_level", "debug", "debug", "error"),
+    ("loop", "asyncio", "asyncio", "uvloop"),
+    ("chdir", "/srv/env", "/srv/env", "/srv/cli"),
+    ("pythonpath", "a, b", ("a", "b"), ("c",)),
+    ("bind", "127.0.0.1:1", ("127.0.0.1:1",), ("127.0.0.1:2",)),
+    ("graceful_timeout_s", "2.5", 2.5, 7.0),
+    ("body_max_bytes", "1024", 1024, 2048),
+    ("keepalive_timeout_s", "0.25", 0.25, 3.0),
+]
+
+
+@pytest.mark.parametrize(("name", "raw", "from_env", "explicit"), PRECEDENCE)
+def test_environment_beats_default(name: str, raw: str, from_env: Any, explicit: Any) -> None:
+    env = {BY_NAME[name].env_var: raw}
+    assert value_of(load({}, env=env), name) == from_env
+    # None (and an empty tuple for a repeatable flag) means "not given on the command line".
+    empty = () if BY_NAME[name].multiple else None
+    assert value_of(load({name: empty}, env=env), name) == from_env
+
+
+@pytest.mark.parametrize(("name", "raw", "from_env", "explicit"), PRECEDENCE)
+def test_explicit_value_beats_environment(
+    name: str, raw: str, from_env: Any, explicit: Any
+) -> None:
+    env = {BY_NAME[name].env_var: raw}
+    assert value_of(load({name: explicit}, env=env), name) == explicit
+
+
+def test_environment_is_read_from_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARDSERVE_THREADS", "6")
+    monkeypatch.delenv("HARDSERVE_BIND", raising=False)
+    monkeypatch.setenv("PORT", "5001")
+    config = load({})
+    assert config.threads == 6
+    assert config.bind == ("0.0.0.0:5001",)
+
+
+def test_load_only_reads_its_inputs() -> None:
+    values = types.MappingProxyType({"threads": 2, "pythonpath": ["x"]})
+    env = types.MappingProxyType({"HARDSERVE_SERVER_HEADER": "s"})
+    config = load(values, env=env)
+    assert (config.threads, config.pythonpath, config.server_header) == (2, ("x",), "s")
+
+
+def test_explicit_text_is_converted_like_the_environment() -> None:
+    # The command line hands --unix-mode over as text; it must become the number it spells.
+    assert load({"unix_mode": "0644"}, env={}).unix_mode == 0o644
+    with pytest.raises(SettingError, match="--unix-mode"):
+        load({"unix_mode": "rw-r--r--"}, env={})
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("HARDSERVE_THREADS", "many"),
+        ("HARDSERVE_THREADS", ""),
+        ("HARDSERVE_THREADS", "2.0"),
+        ("HARDSERVE_UNIX_MODE", "999"),
+        ("HARDSERVE_UNIX_MODE", "u=rw"),
+        ("HARDSERVE_BODY_MAX_BYTES", "1.5"),
+        ("HARDSERVE_BODY_MAX_BYTES", "1MB"),
+        ("HARDSERVE_KEEPALIVE_TIMEOUT_S", "soon"),
+    ],
+)
+def test_environment_value_of_the_wrong_type_is_refused(variable: str, raw: str) -> None:
+    with pytest.raises(SettingError, match=variable):
+        load({}, env={variable: raw})
+
+
+CHOICE_SETTINGS = [s for s in ALL_SETTINGS if s.choices]
+
+
+def test_some_settings_have_choices() -> None:
+    assert {s.name for s in CHOICE_SETTINGS} >= {"loop", "log_level", "underscore_headers"}
+
+
+@pytest.mark.parametrize("setting", CHOICE_SETTINGS, ids=lambda s: s.name)
+def test_value_outside_the_choices_is_refused(setting: Setting) -> None:
+    for given in ({setting.name: "not-a-choice"}, {setting.name: setting.choices[0].upper()}):
+        with pytest.raises(SettingError, match=f"{setting.flag} must be one of"):
+            load(given, env={})
+    with pytest.raises(SettingError, match=f"{setting.flag} must be one of"):
+        load({}, env={setting.env_var: "not-a-choice"})
+
+
+@pytest.mark.parametrize("setting", CHOICE_SETTINGS, ids=lambda s: s.name)
+def test_every_choice_is_accepted(setting: Setting) -> None:
+    for choice in setting.choices:
+        assert getattr(load({setting.name: choice}, env={}), setting.name) == choice
+
+
+@pytest.mark.parametrize("threads", [0, -1])
+def test_fewer_than_one_thread_is_refused(threads: int) -> None:
+    with pytest.raises(SettingError, match="--threads must be at least 1"):
+        load({"threads": threads}, env={})
+    with pytest.raises(SettingError, match="--threads must be at least 1"):
+        load({}, env={"HARDSERVE_THREADS": str(threads)})
+
+
+def test_one_thread_is_accepted() -> None:
+    assert load({"threads": 1}, env={}).threads == 1
+
+
+@pytest.mark.parametrize("field", LIMIT_FIELDS, ids=lambda f: f.name)
+def test_negative_limit_is_refused(field: dataclasses.Field[Any]) -> None:
+    flag = "--" + field.name.replace("_", "-")
+    with pytest.raises(SettingError, match=f"{flag} cannot be negative"):
+        load({field.name: -1}, env={})
+    with pytest.raises(SettingError, match=f"{flag} cannot be negative"):
+        load({}, env={"HARDSERVE_" + field.name.upper(): "-1"})
+
+
+@pytest.mark.parametrize("field", LIMIT_FIELDS, ids=lambda f: f.name)
+def test_limit_is_set_from_flag_value_and_environment(field: dataclasses.Field[Any]) -> None:
+    raised = field.default * 2 + 1
+    assert getattr(load({field.name: raised}, env={}).limits, field.name) == raised
+    from_env = load({}, env={"HARDSERVE_" + field.name.upper(): str(raised)})
+    assert getattr(from_env.limits, field.name) == raised
+    assert type(getattr(from_env.limits, field.name)) is type(field.default)
+
+
+# -- the result -------------------------------------------------------------------------------
+
+
+def test_config_and_limits_are_frozen() -> None:
+    config = load({}, env={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.threads = 2  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.limits.body_max_bytes = 1  # type: ignore[misc]
+
+
+def test_repeatable_values_become_tuples() -> None:
+    config = load({"bind": ["127.0.0.1:1"], "pythonpath": ["a", "b"]}, env={})
+    assert config.bind == ("127.0.0.1:1",)
+    assert config.pythonpath == ("a", "b")
