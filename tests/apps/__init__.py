@@ -1,0 +1,1 @@
+"""Real framework apps (Flask, Django) that the functional tests serve with hardserve."""
