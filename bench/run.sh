@@ -18,7 +18,7 @@ if ! command -v wrk >/dev/null 2>&1; then
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends wrk
+  apt-get install -y -qq --no-install-recommends wrk >/dev/null
 fi
 command -v taskset >/dev/null 2>&1 || { echo "taskset (util-linux) is missing" >&2; exit 1; }
 
@@ -26,10 +26,20 @@ command -v taskset >/dev/null 2>&1 || { echo "taskset (util-linux) is missing" >
 stamp="$venv/.installed"
 if [ ! -f "$stamp" ] || [ "$bench_dir/requirements.txt" -nt "$stamp" ] \
     || [ "$root/pyproject.toml" -nt "$stamp" ]; then
-  [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -r "$bench_dir/requirements.txt"
-  "$venv/bin/python" -m pip install --quiet -e "$root"
+  echo "installing gunicorn, waitress, matplotlib and hardserve into bench/.venv" >&2
+  mkdir -p "$bench_dir/out"
+  log="$bench_dir/out/install.log"
+  # Quiet unless it fails: pip and the build backend print pages of notices.
+  if ! {
+    { [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"; } &&
+      "$venv/bin/python" -m pip install --upgrade pip &&
+      "$venv/bin/python" -m pip install -r "$bench_dir/requirements.txt" &&
+      "$venv/bin/python" -m pip install -e "$root"
+  } >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "install failed; the whole log is in $log" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 

@@ -1,0 +1,1 @@
+"""Benchmarks of hardserve against gunicorn and waitress; `make bench` runs them."""

@@ -1,0 +1,488 @@
+"""Side-by-side load benchmark of hardserve, gunicorn (gthread) and waitress.
+
+Each round starts every server once per app, one after the other, and loads it with wrk in
+both connection modes; the medians over the rounds go to bench/RESULTS.md and
+bench/results.png, every single run to bench/out/results-*.json. Run through bench/run.sh,
+which installs the tools; `python -m bench.bench --help` lists the options.
+
+The server runs on core 0 and wrk on core 1, so neither steals the other's CPU. Server CPU is
+read from /proc (utime + stime of the server's whole process tree) around each measured wrk
+run and divided by the requests wrk completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+OUT = BENCH / "out"
+# The servers are the console scripts of the interpreter running this driver (bench/.venv).
+BIN = Path(sys.executable).parent
+
+SERVERS = ("hardserve", "gunicorn", "waitress")
+PEERS = ("gunicorn", "waitress")
+APPS = ("hello", "json", "echo", "big", "stream", "sleep")
+MODES = ("keep-alive", "close")
+SERVER_CORE = "0"
+CLIENT_CORE = "1"
+THREADS = 8
+CONNECTIONS = 64
+ECHO_BYTES = 4096
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+_LOG_ERROR = re.compile(r"Traceback|\b(ERROR|CRITICAL|Exception|Error)\b")
+_LOG_WARNING = re.compile(r"\bWARNING\b")
+
+
+# -- the servers ---------------------------------------------------------------------------
+
+
+def server_argv(server: str, app: str, port: int | str) -> list[str]:
+    """The server's command line, as documented in RESULTS.md (without the core pinning)."""
+    spec = f"bench.apps:{app}"
+    bind = f"127.0.0.1:{port}"
+    if server == "hardserve":
+        return ["hardserve", spec, "--bind", bind, "--threads", str(THREADS)]
+    if server == "gunicorn":
+        return ["gunicorn", "-w", "1", "-k", "gthread", "--threads", str(THREADS), spec, "-b", bind]
+    if server == "waitress":
+        return ["waitress-serve", f"--threads={THREADS}", f"--listen={bind}", spec]
+    raise ValueError(server)
+
+
+def wrk_argv(mode: str, app: str, duration_s: int, url: str) -> list[str]:
+    script = "echo.lua" if app == "echo" else "report.lua"
+    argv = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration_s}s", "--timeout", "5s"]
+    argv += ["-s", str(BENCH / script)]
+    if mode == "close":
+        argv += ["-H", "Connection: close"]
+    return [*argv, url]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """One server process, pinned to the server core, its stderr in a log file."""
+
+    def __init__(self, server: str, app: str, log_path: Path) -> None:
+        self.name = server
+        self.app = app
+        self.port = free_port()
+        self.log_path = log_path
+        argv = server_argv(server, app, self.port)
+        argv[0] = str(BIN / argv[0])
+        with log_path.open("wb") as log:
+            # Run from the project root so `bench.apps` imports in all three servers.
+            self.process = subprocess.Popen(
+                ["taskset", "-c", SERVER_CORE, *argv],
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not accept on port {self.port} in {timeout_s:g} s")
+
+    def cpu_ticks(self) -> int:
+        return tree_cpu_ticks(self.process.pid)
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after 15 s; the exit status (None if it had to be killed)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                return None
+        return self.process.returncode
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: fields start after the last ')'.
+    # The list starts at field 3 (state), so field N of proc(5) is fields[N - 3].
+    return text[text.rindex(")") + 2 :].split()
+
+
+def tree_cpu_ticks(root: int) -> int:
+    """utime + stime of root and all its descendants, in clock ticks.
+
+    A process's stat counts all its threads, dead ones included. cutime + cstime add children
+    that already exited and were reaped (a restarted gunicorn worker), which the walk over
+    live processes cannot see.
+    """
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields is None:
+            continue
+        stats[int(entry)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    total = 0
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        fields = stats.get(pid)
+        if fields is None:
+            continue
+        total += sum(int(fields[n - 3]) for n in (14, 15, 16, 17))
+        todo.extend(children.get(pid, ()))
+    return total
+
+
+def core_ticks() -> dict[str, tuple[int, int, int]]:
+    """Per core from /proc/stat: (busy, total, steal) clock ticks since boot."""
+    cores: dict[str, tuple[int, int, int]] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        # user nice system idle iowait irq softirq steal; guest time is already in user.
+        ticks = [int(v) for v in values[:8]]
+        total = sum(ticks)
+        cores[name.removeprefix("cpu")] = (total - ticks[3] - ticks[4], total, ticks[7])
+    return cores
+
+
+def sanity_check(server: Server) -> dict[str, Any]:
+    """One request before the load: status, framing headers and body size, for the record."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        if server.app == "echo":
+            payload = b"e" * ECHO_BYTES
+            conn.request("POST", "/", body=payload)
+        else:
+            payload = b""
+            conn.request("GET", "/")
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    return {
+        "status": response.status,
+        "body_bytes": len(body),
+        "content_length": response.getheader("Content-Length"),
+        "transfer_encoding": response.getheader("Transfer-Encoding"),
+        "connection": response.getheader("Connection"),
+        "echo_matches": body == payload if server.app == "echo" else None,
+    }
+
+
+# -- one measured load -----------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    round: int
+    server: str
+    app: str
+    mode: str
+    requests: int
+    duration_s: float
+    cpu_s: float
+    client_cpu_s: float
+    # Busy share of the server's core while measuring, and the part of it that was not the
+    # server: other processes on a shared machine, which the medians over rounds damp.
+    server_core_busy: float
+    server_core_foreign: float
+    server_core_steal: float
+    errors: dict[str, int]
+    latency_p50_ms: float
+    latency_p99_ms: float
+    wrk_command: list[str] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu_s * 1e6 / self.requests if self.requests else float("nan")
+
+
+def run_wrk(argv: list[str]) -> tuple[dict[str, int], float]:
+    """Runs wrk on the client core; its JSON summary and the CPU seconds it used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    completed = subprocess.run(
+        ["taskset", "-c", CLIENT_CORE, *argv], capture_output=True, text=True, check=False
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = next((ln for ln in completed.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if completed.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({completed.returncode}): {completed.stderr.strip()}")
+    client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    summary: dict[str, int] = json.loads(line.removeprefix("BENCH_JSON "))
+    return summary, client_cpu
+
+
+def measure(server: Server, mode: str, round_no: int, duration_s: int, warmup_s: int) -> Run:
+    if warmup_s:
+        run_wrk(wrk_argv(mode, server.app, warmup_s, server.url))
+    argv = wrk_argv(mode, server.app, duration_s, server.url)
+    cores_before = core_ticks()
+    before = server.cpu_ticks()
+    summary, client_cpu = run_wrk(argv)
+    after = server.cpu_ticks()
+    cores_after = core_ticks()
+    busy0, total0, steal0 = cores_before[SERVER_CORE]
+    busy1, total1, steal1 = cores_after[SERVER_CORE]
+    core_total = max(total1 - total0, 1)
+    core_busy = (busy1 - busy0) / core_total
+    errors = {kind: summary[f"{kind}_errors"] for kind in ("connect", "read", "write", "timeout")}
+    # wrk's "status" errors are responses with a status of 400 or more.
+    errors["non_2xx"] = summary["status_errors"]
+    return Run(
+        round=round_no,
+        server=server.name,
+        app=server.app,
+        mode=mode,
+        requests=summary["requests"],
+        duration_s=summary["duration_us"] / 1e6,
+        cpu_s=(after - before) / CLK_TCK,
+        client_cpu_s=client_cpu,
+        server_core_busy=core_busy,
+        server_core_foreign=max(core_busy - (after - before) / core_total, 0.0),
+        server_core_steal=(steal1 - steal0) / core_total,
+        errors=errors,
+        latency_p50_ms=summary["latency_p50_us"] / 1000,
+        latency_p99_ms=summary["latency_p99_us"] / 1000,
+        wrk_command=["taskset", "-c", CLIENT_CORE, *argv],
+    )
+
+
+def scan_log(path: Path) -> dict[str, Any]:
+    lines = path.read_text(errors="replace").splitlines()
+    errors = [ln for ln in lines if _LOG_ERROR.search(ln)]
+    warnings = [ln for ln in lines if _LOG_WARNING.search(ln)]
+    return {
+        "lines": len(lines),
+        "error_lines": len(errors),
+        "warning_lines": len(warnings),
+        "first_errors": errors[:5],
+        "first_warnings": warnings[:3],
+    }
+
+
+# -- the matrix --------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    rounds: int
+    duration_s: int
+    warmup_s: int
+    apps: tuple[str, ...]
+    servers: tuple[str, ...]
+    skip_handoff: bool
+    quick: bool
+
+
+def run_matrix(options: Options, stamp: str) -> tuple[list[Run], list[dict[str, Any]]]:
+    logs_dir = OUT / f"logs-{stamp}"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    runs: list[Run] = []
+    processes: list[dict[str, Any]] = []
+    for round_no in range(1, options.rounds + 1):
+        for app in options.apps:
+            # Servers alternate within each case, so a drift of the machine hits all alike.
+            for name in options.servers:
+                log_path = logs_dir / f"{name}-{app}-r{round_no}.log"
+                server = Server(name, app, log_path)
+                record: dict[str, Any] = {"round": round_no, "server": name, "app": app}
+                try:
+                    server.wait_ready()
+                    record["sanity"] = sanity_check(server)
+                    for mode in MODES:
+                        run = measure(server, mode, round_no, options.duration_s, options.warmup_s)
+                        runs.append(run)
+                        print(
+                            f"round {round_no} {app:6} {mode:10} {name:9} "
+                            f"{run.rps:9.0f} req/s {run.cpu_us_per_request:8.1f} µs/req "
+                            f"errors {sum(run.errors.values())} "
+                            f"(others on core {SERVER_CORE}: {run.server_core_foreign:.0%})",
+                            flush=True,
+                        )
+                    record["alive_after_load"] = server.process.poll() is None
+                except (RuntimeError, OSError, http.client.HTTPException) as exc:
+                    record["failure"] = f"{type(exc).__name__}: {exc}"
+                    print(f"round {round_no} {app} {name}: FAILED {exc}", flush=True)
+                finally:
+                    record["exit_status"] = server.stop()
+                    record["log"] = str(log_path.relative_to(BENCH))
+                    record.update(scan_log(log_path))
+                    processes.append(record)
+    return runs, processes
+
+
+def run_handoff(quick: bool) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "bench.handoff", "--json"]
+    if quick:
+        argv += ["--repeats", "3"]
+    completed = subprocess.run(
+        ["taskset", "-c", SERVER_CORE, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(completed.stdout)
+    return result
+
+
+# -- environment --------------------------------------------------------------------------------
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment() -> dict[str, Any]:
+    cpu_model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    wrk_version = (wrk.stdout or wrk.stderr).splitlines()[0].split(" Copyright")[0]
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": {
+            "hardserve": _version("hardserve"),
+            "gunicorn": _version("gunicorn"),
+            "waitress": _version("waitress"),
+            "h11": _version("h11"),
+            "uvloop": _version("uvloop"),
+            "wrk": wrk_version,
+        },
+        "hardserve_commit": commit,
+    }
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="one round of 2 s per case (about 2 minutes)"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds over all servers (default 3)")
+    parser.add_argument("--duration", type=int, help="seconds of each measured load (default 3)")
+    parser.add_argument("--warmup", type=int, help="seconds of unmeasured load first (default 1)")
+    parser.add_argument("--apps", default=",".join(APPS), help="comma-separated apps")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated servers")
+    parser.add_argument("--skip-handoff", action="store_true", help="skip the hand-off benchmark")
+    args = parser.parse_args(argv)
+    apps = tuple(a for a in args.apps.split(",") if a)
+    servers = tuple(s for s in args.servers.split(",") if s)
+    for name, allowed in ((apps, APPS), (servers, SERVERS)):
+        unknown = set(name) - set(allowed)
+        if unknown:
+            parser.error(f"unknown: {', '.join(sorted(unknown))} (choose from {allowed})")
+    default_rounds, default_duration = (1, 2) if args.quick else (3, 3)
+    return Options(
+        rounds=args.rounds or default_rounds,
+        duration_s=args.duration or default_duration,
+        warmup_s=1 if args.warmup is None else args.warmup,
+        apps=apps,
+        servers=servers,
+        skip_handoff=args.skip_handoff,
+        quick=args.quick,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    OUT.mkdir(exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    env = environment()
+    started = time.monotonic()
+    runs, processes = run_matrix(options, stamp)
+    handoff = None if options.skip_handoff else run_handoff(options.quick)
+    env["elapsed_s"] = round(time.monotonic() - started)
+    raw = {
+        "environment": env,
+        "options": asdict(options),
+        "commands": {
+            "servers": {
+                s: shlex.join(["taskset", "-c", SERVER_CORE, *server_argv(s, "APP", "PORT")])
+                for s in SERVERS
+            },
+        },
+        "runs": [
+            asdict(run) | {"rps": run.rps, "cpu_us_per_request": run.cpu_us_per_request}
+            for run in runs
+        ],
+        "processes": processes,
+        "handoff": handoff,
+    }
+    raw_path = OUT / f"results-{stamp}.json"
+    raw_path.write_text(json.dumps(raw, indent=1))
+    # Imported late: the report needs matplotlib, the measuring does not.
+    from bench.report import write_report
+
+    write_report(raw, raw_path)
+    print(f"raw results: {raw_path.relative_to(ROOT)}; report: bench/RESULTS.md, bench/results.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""Turns the raw results of bench/bench.py into bench/RESULTS.md and bench/results.png.
+
+`python -m bench.report bench/out/results-STAMP.json` rebuilds both from a saved run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS_MD = BENCH / "RESULTS.md"
+RESULTS_PNG = BENCH / "results.png"
+
+SERVERS = ("hardserve", "gunicorn", "waitress")
+PEERS = ("gunicorn", "waitress")
+COLOURS = {"hardserve": "#1f77b4", "gunicorn": "#2ca02c", "waitress": "#d62728"}
+
+APP_NOTES = {
+    "hello": "13-byte body, Content-Length",
+    "json": "small JSON document serialised per request",
+    "echo": "POST of 4 KiB, read and returned",
+    "big": "1 MiB body, Content-Length",
+    "stream": "16 x 64 KiB from a generator, no Content-Length (chunked)",
+    "sleep": "time.sleep(0.01), then a short body",
+}
+
+Case = tuple[str, str]  # (app, mode)
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[Case, dict[str, dict[str, Any]]]:
+    """Per case and server: medians, the spread over the rounds, and summed errors."""
+    grouped: dict[Case, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        grouped[(run["app"], run["mode"])][run["server"]].append(run)
+    summary: dict[Case, dict[str, dict[str, Any]]] = {}
+    for case, by_server in grouped.items():
+        summary[case] = {}
+        for server, server_runs in by_server.items():
+            rps = [r["rps"] for r in server_runs]
+            cpu = [r["cpu_us_per_request"] for r in server_runs]
+            busy = [r["cpu_s"] / r["duration_s"] for r in server_runs]
+            client = [r["client_cpu_s"] / r["duration_s"] for r in server_runs]
+            foreign = [r["server_core_foreign"] for r in server_runs]
+            errors: dict[str, int] = defaultdict(int)
+            for r in server_runs:
+                for kind, count in r["errors"].items():
+                    errors[kind] += count
+            summary[case][server] = {
+                "rps": statistics.median(rps),
+                "rps_range": (min(rps), max(rps)),
+                "cpu_us": statistics.median(cpu),
+                "cpu_range": (min(cpu), max(cpu)),
+                "core_busy": statistics.median(busy),
+                "client_busy": statistics.median(client),
+                "foreign": statistics.median(foreign),
+                "p99_ms": statistics.median(r["latency_p99_ms"] for r in server_runs),
+                "requests": sum(r["requests"] for r in server_runs),
+                "errors": dict(errors),
+                "rounds": len(server_runs),
+            }
+    return summary
+
+
+def _ordered_cases(summary: dict[Case, Any]) -> list[Case]:
+    apps = ("hello", "json", "echo", "big", "stream", "sleep")
+    modes = ("keep-alive", "close")
+    return sorted(summary, key=lambda c: (apps.index(c[0]), modes.index(c[1])))
+
+
+def _num(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _ratio(hardserve: float, peer: float) -> str:
+    if not peer or math.isnan(peer) or math.isnan(hardserve):
+        return "n/a"
+    return f"{hardserve / peer:.2f}"
+
+
+def _error_text(errors: dict[str, int]) -> str:
+    parts = [f"{kind.replace('_', '-')} {count}" for kind, count in errors.items() if count]
+    return ", ".join(parts) if parts else "0"
+
+
+def case_table(case: Case, by_server: dict[str, dict[str, Any]]) -> list[str]:
+    app, mode = case
+    lines = [
+        f"### {app}, {mode}",
+        "",
+        f"{APP_NOTES.get(app, '')}.",
+        "",
+        "| server | req/s | CPU µs/req | hardserve ÷ server, req/s | hardserve ÷ server, "
+        "CPU µs/req | core 0: server / others | wrk core | p99 latency | errors (all rounds) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    own = by_server.get("hardserve")
+    for server in SERVERS:
+        figures = by_server.get(server)
+        if figures is None:
+            continue
+        low, high = figures["rps_range"]
+        cpu_low, cpu_high = figures["cpu_range"]
+        if server == "hardserve" or own is None:
+            rps_ratio = cpu_ratio = "—"
+        else:
+            rps_ratio = _ratio(own["rps"], figures["rps"])
+            cpu_ratio = _ratio(own["cpu_us"], figures["cpu_us"])
+        spread = figures["rounds"] > 1
+        lines.append(
+            f"| {server} "
+            f"| {_num(figures['rps'])}"
+            + (f" ({_num(low)}-{_num(high)})" if spread else "")
+            + f" | {_num(figures['cpu_us'])}"
+            + (f" ({_num(cpu_low)}-{_num(cpu_high)})" if spread else "")
+            + f" | {rps_ratio} | {cpu_ratio} "
+            f"| {figures['core_busy']:.0%} / {figures['foreign']:.0%} "
+            f"| {figures['client_busy']:.0%} "
+            f"| {figures['p99_ms']:.1f} ms | {_error_text(figures['errors'])} |"
+        )
+    return [*lines, ""]
+
+
+def overview_table(summary: dict[Case, dict[str, dict[str, Any]]]) -> list[str]:
+    lines = [
+        "| case | CPU µs/req hardserve | gunicorn | waitress | hardserve ÷ gunicorn | "
+        "hardserve ÷ waitress | req/s hardserve | gunicorn | waitress | hardserve ÷ gunicorn "
+        "| hardserve ÷ waitress |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    nan = {"cpu_us": float("nan"), "rps": float("nan")}
+    for case in _ordered_cases(summary):
+        row = {s: summary[case].get(s, nan) for s in SERVERS}
+        cpu = [_num(row[s]["cpu_us"]) for s in SERVERS]
+        rps = [_num(row[s]["rps"]) for s in SERVERS]
+        cpu_ratios = [_ratio(row["hardserve"]["cpu_us"], row[p]["cpu_us"]) for p in PEERS]
+        rps_ratios = [_ratio(row["hardserve"]["rps"], row[p]["rps"]) for p in PEERS]
+        cells = [f"{case[0]}, {case[1]}", *cpu, *cpu_ratios, *rps, *rps_ratios]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def handoff_section(handoff: dict[str, Any] | None) -> list[str]:
+    lines = ["## Hand-off: loop -> thread -> loop", ""]
+    if handoff is None:
+        return [*lines, "Not run (--skip-handoff).", ""]
+    lines += [
+        "`bench/handoff.py`, pinned to one core like a server worker: "
+        f"{handoff['round_trips']:,} round trips of a no-op job per sample, "
+        f"{handoff['threads']} threads, median of {handoff['repeats']} samples. "
+        "`run_in_executor` wakes the loop once per result; hardserve's `Pool.call_in_loop` "
+        "wakes it once per batch of results. CPU counts all threads of the process.",
+        "",
+        "| loop | jobs in flight | hand-off | wall µs / round trip | CPU µs / round trip "
+        "| Pool ÷ run_in_executor (CPU) |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    rows = handoff["rows"]
+    baseline = {
+        (r["loop"], r["in_flight"]): r["cpu_us_per_trip"]
+        for r in rows
+        if r["variant"] == "run_in_executor"
+    }
+    for r in rows:
+        ratio = (
+            _ratio(r["cpu_us_per_trip"], baseline[(r["loop"], r["in_flight"])])
+            if r["variant"] != "run_in_executor"
+            else "—"
+        )
+        lines.append(
+            f"| {r['loop']} | {r['in_flight']} | {r['variant']} | {r['wall_us_per_trip']:.2f} "
+            f"| {r['cpu_us_per_trip']:.2f} | {ratio} |"
+        )
+    lines += [
+        "",
+        "The job does nothing, so these figures are the hand-off alone. With 64 in flight a "
+        "pool thread finds many jobs queued and their results leave in one wake-up; with one "
+        "in flight there is nothing to batch and both pay a thread switch and a wake-up per "
+        "round trip.",
+        "",
+    ]
+    return lines
+
+
+def logs_section(processes: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Server processes", ""]
+    totals: dict[str, dict[str, int]] = {
+        s: {"started": 0, "failed": 0, "died": 0, "errors": 0, "warnings": 0} for s in SERVERS
+    }
+    examples: dict[str, list[str]] = defaultdict(list)
+    warning_examples: dict[str, list[str]] = defaultdict(list)
+    for p in processes:
+        t = totals[p["server"]]
+        t["started"] += 1
+        t["failed"] += "failure" in p
+        t["died"] += p.get("alive_after_load") is False
+        t["errors"] += p["error_lines"]
+        t["warnings"] += p["warning_lines"]
+        examples[p["server"]] += [f"{p['app']} r{p['round']}: {line}" for line in p["first_errors"]]
+        warning_examples[p["server"]] += [
+            f"{p['app']} r{p['round']}: {line}" for line in p["first_warnings"]
+        ]
+    lines += [
+        "Each server's stderr is kept in `bench/out/logs-*/`; lines are counted over all its "
+        "processes of the run.",
+        "",
+        "| server | processes | failed to serve | died under load | error lines | warning lines |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for server in SERVERS:
+        t = totals[server]
+        if t["started"]:
+            lines.append(
+                f"| {server} | {t['started']} | {t['failed']} | {t['died']} | {t['errors']} "
+                f"| {t['warnings']} |"
+            )
+    for server in SERVERS:
+        if examples[server]:
+            lines += ["", f"First error lines of {server}:", "", "```"]
+            lines += [line[:200] for line in examples[server][:8]]
+            lines.append("```")
+        if warning_examples[server]:
+            lines += ["", f"First warning lines of {server}:", "", "```"]
+            lines += [line[:200] for line in warning_examples[server][:3]]
+            lines.append("```")
+    sanity = [p for p in processes if "sanity" in p and p["round"] == 1]
+    if sanity:
+        lines += [
+            "",
+            "One request before each load, round 1 (status, framing, body bytes):",
+            "",
+            "| app | server | status | Content-Length | Transfer-Encoding | Connection "
+            "| body bytes |",
+            "| --- | --- | ---: | ---: | --- | --- | ---: |",
+        ]
+        for p in sanity:
+            s = p["sanity"]
+            lines.append(
+                f"| {p['app']} | {p['server']} | {s['status']} | {s['content_length'] or '—'} "
+                f"| {s['transfer_encoding'] or '—'} | {s['connection'] or '—'} "
+                f"| {s['body_bytes']:,} |"
+            )
+    return [*lines, ""]
+
+
+def write_chart(summary: dict[Case, dict[str, dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render straight to the PNG
+    import matplotlib.pyplot as plt
+
+    cases = _ordered_cases(summary)
+    labels = [f"{app}\n{mode}" for app, mode in cases]
+    fig, axes = plt.subplots(2, 1, figsize=(14, 9), sharex=True)
+    width = 0.27
+    for axis, key, title in (
+        (axes[0], "cpu_us", "server CPU µs per request (lower is better, log scale)"),
+        (axes[1], "rps", "requests per second (higher is better, log scale)"),
+    ):
+        for index, server in enumerate(SERVERS):
+            xs = [i + (index - 1) * width for i in range(len(cases))]
+            values = [summary[c].get(server, {}).get(key, float("nan")) for c in cases]
+            bars = axis.bar(xs, values, width, label=server, color=COLOURS[server])
+            axis.bar_label(
+                bars, labels=[_num(v) for v in values], fontsize=7, rotation=90, padding=2
+            )
+        axis.set_yscale("log")
+        axis.set_title(title)
+        axis.grid(axis="y", which="both", alpha=0.3)
+        axis.margins(y=0.25)
+    axes[0].legend(loc="upper left")
+    axes[1].set_xticks(range(len(cases)), labels)
+    fig.suptitle("hardserve, gunicorn (gthread) and waitress: one worker, 8 threads, one core")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(raw: dict[str, Any], raw_path: Path) -> None:
+    env = raw["environment"]
+    options = raw["options"]
+    summary = summarise(raw["runs"])
+    write_chart(summary, RESULTS_PNG)
+    versions = env["versions"]
+    hello = summary.get(("hello", "keep-alive"), {})
+    lines = [
+        "# Benchmark: hardserve, gunicorn and waitress",
+        "",
+        f"- Date: {env['date']}; hardserve at commit `{env['hardserve_commit']}`; the whole run "
+        f"took {env['elapsed_s'] // 60} min {env['elapsed_s'] % 60} s.",
+        f"- Machine: {env['nproc']} cores, {env['cpu_model']}, Linux {env['kernel']}, "
+        f"Python {env['python']}.",
+        f"- Versions: hardserve {versions['hardserve']} (h11 {versions['h11']}, uvloop "
+        f"{versions['uvloop']}), gunicorn {versions['gunicorn']}, waitress "
+        f"{versions['waitress']}, {versions['wrk']}.",
+        f"- Run: {options['rounds']} round(s); each case {options['warmup_s']} s of unmeasured "
+        f"load, then {options['duration_s']} s measured; figures are the medians over the "
+        "rounds, with the range in brackets.",
+        f"- Raw results: `{raw_path.relative_to(ROOT)}` (not in git). Rebuild this page with "
+        f"`bench/.venv/bin/python -m bench.report {raw_path.relative_to(ROOT)}`.",
+        "",
+    ]
+    if hello.get("hardserve") and hello.get("waitress"):
+        own, waitress = hello["hardserve"], hello["waitress"]
+        verdict = "meets" if own["cpu_us"] <= waitress["cpu_us"] else "misses"
+        lines += [
+            f"**Target** (hello, keep-alive: hardserve CPU per request at or below waitress's): "
+            f"hardserve {_num(own['cpu_us'])} µs/req, waitress {_num(waitress['cpu_us'])} "
+            f"µs/req, ratio {_ratio(own['cpu_us'], waitress['cpu_us'])}: hardserve **{verdict}** "
+            "it in this run.",
+            "",
+        ]
+    lines += [
+        "![CPU µs per request and requests per second, per case](results.png)",
+        "",
+        "## Method",
+        "",
+        "Every server runs one worker process with 8 app threads, pinned to core 0; wrk runs "
+        "with one thread and 64 connections, pinned to core 1. Rounds are interleaved: in "
+        "each round every app is served by hardserve, then gunicorn, then waitress, each a "
+        "fresh process started from the project root, which takes the keep-alive load and "
+        "then the `Connection: close` load. A server is loaded once its port accepts and one "
+        "request has been answered.",
+        "",
+        "- **req/s**: requests wrk completed divided by its measured duration.",
+        "- **CPU µs/req**: utime + stime (plus those of reaped children) of the server process "
+        "and every descendant (gunicorn's master and its worker), from `/proc/PID/stat`, "
+        "read before and after the measured load, divided by the requests wrk completed. A "
+        "process's stat counts all its threads.",
+        "- **core 0: server / others**: the server's CPU time over the wall time (near 100 % "
+        "the server is the bottleneck; far below, it waits: on the sleep app, on the client, "
+        "or on itself), and the share of core 0 that other processes of the machine took "
+        "meanwhile, from `/proc/stat`. **wrk core**: wrk's own CPU share of core 1; near "
+        "100 % the client is the limit.",
+        "- **errors**: wrk's connect/read/write/timeout errors and responses with status "
+        "400 or more (`non-2xx`), summed over all rounds.",
+        "",
+        "Commands (`PORT` is a free port picked per process, `APP` one of hello, json, echo, "
+        "big, stream, sleep):",
+        "",
+        "```sh",
+    ]
+    lines += [raw["commands"]["servers"][s] for s in SERVERS]
+    lines += [
+        f"taskset -c 1 wrk -t1 -c64 -d{options['duration_s']}s --timeout 5s "
+        "-s bench/report.lua http://127.0.0.1:PORT/",
+        f"taskset -c 1 wrk -t1 -c64 -d{options['duration_s']}s --timeout 5s "
+        "-s bench/report.lua -H 'Connection: close' http://127.0.0.1:PORT/",
+        "# echo: -s bench/echo.lua (POST with a 4 KiB body) instead of bench/report.lua",
+        "```",
+        "",
+        "The tools are installed by `bench/run.sh`: wrk from Debian, gunicorn, waitress and "
+        "matplotlib from PyPI into `bench/.venv`, and hardserve editable from this checkout "
+        "into the same environment, so the three servers share one interpreter.",
+        "",
+        "## Overview",
+        "",
+        "Ratios are hardserve's figure divided by the peer's: below 1 for CPU µs/req means "
+        "hardserve spends less CPU per request; above 1 for req/s means it serves more.",
+        "",
+    ]
+    lines += overview_table(summary)
+    lines += ["", "## Per case", ""]
+    for case in _ordered_cases(summary):
+        lines += case_table(case, summary[case])
+    lines += handoff_section(raw.get("handoff"))
+    lines += logs_section(raw["processes"])
+    RESULTS_MD.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m bench.report bench/out/results-STAMP.json", file=sys.stderr)
+        return 2
+    raw_path = Path(argv[0]).resolve()
+    write_report(json.loads(raw_path.read_text()), raw_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
