@@ -72,7 +72,7 @@ DEVIATIONS: dict[str, tuple[str, str]] = {
     "valid/030": ("te_not_chunked", _TE + "; 'identity' is no transfer coding"),
     "valid/rfc9112_smuggle_gzip_chunked_01": ("te_not_chunked", _TE + "; gzip is not decoded"),
     "valid/rfc9112_smuggle_te_identity_chunked_01": ("te_not_chunked", _TE + "; 'identity' is no transfer coding"),
-    "valid/027": ("malformed_header", "raw non-ASCII bytes in the request-target: not a URI (RFC 9112 section 3.2, RFC 3986)"),
+    "valid/027": ("malformed_request_line", "raw non-ASCII bytes in the request-target: not a URI (RFC 9112 section 3.2, RFC 3986)"),
     "valid/028": ("malformed_header", "whitespace between field name and colon: RFC 9112 section 5.1 MUST reject with 400"),
     "valid/compat_obs_fold": ("obs_fold", "obsolete line folding: RFC 9112 section 5.2 allows rejecting with 400"),
     "valid/compat_obs_fold_huge": ("obs_fold", "obsolete line folding: RFC 9112 section 5.2 allows rejecting with 400"),

@@ -768,9 +768,10 @@ def _head_with_field_ending_at(end: int) -> bytes:
 
 
 def _chunk_line_of(size: int) -> bytes:
-    """A chunked body whose first chunk-size line is `size` bytes, CRLF not included."""
-    line = b"5;e=" + b"x" * (size - 4)
-    assert len(line) == size
+    """A chunked body whose first chunk-size line is `size` bytes, CRLF included (as every
+    line limit counts)."""
+    line = b"5;e=" + b"x" * (size - 6)
+    assert len(line) + 2 == size
     return post_chunked(line + b"\r\nhello\r\n0\r\n\r\n")
 
 

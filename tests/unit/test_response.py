@@ -82,7 +82,7 @@ def frame(
 ) -> tuple[bytes, ResponseFramer]:
     """Run a whole response through validate_headers and a ResponseFramer, as the worker does."""
     code, status_line = parse_status(status)
-    encoded, content_length = validate_headers(headers if headers is not None else [])
+    encoded, content_length, _ = validate_headers(headers if headers is not None else [])
     framer = ResponseFramer(is_head=is_head, http11=http11, client_keep_alive=client_keep_alive)
     wire = framer.head(
         status_line,
@@ -149,7 +149,7 @@ def test_parse_status_refuses(status: Any) -> None:
 
 
 def test_validate_headers_encodes_latin1() -> None:
-    encoded, length = validate_headers([("Content-Type", "text/plain"), ("X-Name", "caf\xe9")])
+    encoded, length, _ = validate_headers([("Content-Type", "text/plain"), ("X-Name", "caf\xe9")])
     assert encoded == [(b"Content-Type", b"text/plain"), (b"X-Name", b"caf\xe9")]
     assert length is None
 
@@ -239,7 +239,7 @@ def test_validate_headers_refuses_two_content_lengths() -> None:
 
 
 def test_validate_headers_allows_repeated_ordinary_fields() -> None:
-    encoded, _ = validate_headers([("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
+    encoded, _, _ = validate_headers([("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
     assert encoded == [(b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")]
 
 

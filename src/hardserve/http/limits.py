@@ -66,5 +66,10 @@ class Limits:
     # wsgi.input.read waits at most this long for the next body byte.
     body_idle_timeout_s: float = 30.0
 
+    # After its last response a closing connection still reads and discards what the client
+    # sends, for at most this long, so the response is not destroyed by a TCP reset (nginx
+    # lingering_time 30 s, lingering_timeout 5 s; Apache 2 s).
+    linger_timeout_s: float = 2.0
+
     # The app's thread waits at most this long for a slow reader to take queued response bytes.
     write_timeout_s: float = 30.0

@@ -249,51 +249,50 @@ class RequestParser:
                 return self._refuse(
                     reasons.LEADING_WHITESPACE, "whitespace before the request line"
                 )
+        # The checks on a line run in one fixed order, and a line still arriving can only fail
+        # the first of them (its length), so the refusal is the same however TCP splits the
+        # bytes: length, then the whole head's size, then the line's own flaws, then the count.
         while True:
             start = self._scan_pos
             newline = buf.find(b"\n", start)
             if newline < 0:
                 return self._head_incomplete(len(buf) - start)
-            if newline == start or buf[newline - 1] != _CR:
-                return self._refuse(reasons.BARE_LF, f"line {self._line_count} ends in bare LF")
-            line_end = newline - 1
-            if buf.find(b"\r", start, line_end) >= 0:
-                return self._refuse(reasons.BARE_CR, f"line {self._line_count} holds a bare CR")
-            length = newline + 1 - start  # the line with its CRLF
-            if self._line_count == 0:
+            length = newline + 1 - start  # the line with its line end
+            line_no = self._line_count
+            if line_no == 0:
                 if length > limits.request_line_max_bytes:
                     return self._refuse(reasons.REQUEST_LINE_TOO_LONG, f"{length} bytes")
-            elif length == 2:
-                head_end = newline + 1
-                if head_end > limits.head_max_bytes:
-                    return self._refuse(reasons.HEAD_TOO_LARGE, f"{head_end} bytes")
-                head = bytes(buf[:head_end])
-                del buf[:head_end]
+            elif length > limits.header_field_max_bytes:
+                return self._refuse(reasons.HEADER_FIELD_TOO_LARGE, f"{length} bytes")
+            if newline + 1 > limits.head_max_bytes:
+                return self._refuse(reasons.HEAD_TOO_LARGE, f"over {limits.head_max_bytes} bytes")
+            if newline == start or buf[newline - 1] != _CR:
+                return self._refuse(reasons.BARE_LF, f"line {line_no} ends in bare LF")
+            if buf.find(b"\r", start, newline - 1) >= 0:
+                return self._refuse(reasons.BARE_CR, f"line {line_no} holds a bare CR")
+            if line_no and length == 2:
+                head = bytes(buf[: newline + 1])
+                del buf[: newline + 1]
                 return self._parse_head(head)
-            else:
+            if line_no:
                 if buf[start] in (_SP, _HTAB):
-                    return self._refuse(reasons.OBS_FOLD, f"line {self._line_count}")
-                if length > limits.header_field_max_bytes:
-                    return self._refuse(reasons.HEADER_FIELD_TOO_LARGE, f"{length} bytes")
-                if self._line_count > limits.header_count_max:
+                    return self._refuse(reasons.OBS_FOLD, f"line {line_no}")
+                if line_no > limits.header_count_max:
                     return self._refuse(reasons.TOO_MANY_HEADERS, f"over {limits.header_count_max}")
             self._line_count += 1
             self._scan_pos = newline + 1
-            if self._scan_pos > limits.head_max_bytes:
-                return self._refuse(reasons.HEAD_TOO_LARGE, f"over {limits.head_max_bytes} bytes")
 
     def _head_incomplete(self, partial_line: int) -> Event:
         limits = self._limits
-        # A line can be refused before its end arrives: waiting for it would let a client
-        # make us buffer up to the head limit for a line we already know is too long.
-        # +1: the LF that ends the line is still to come.
+        # A line can be refused for its length before its end arrives (+1: its LF is still to
+        # come): waiting would let a client make us buffer a line we know is too long. The
+        # head's total size is checked only on whole lines, like every other check, which
+        # bounds the buffer at head_max_bytes plus one line.
         if self._line_count == 0:
             if partial_line + 1 > limits.request_line_max_bytes:
                 return self._refuse(reasons.REQUEST_LINE_TOO_LONG, f"over {partial_line} bytes")
         elif partial_line + 1 > limits.header_field_max_bytes:
             return self._refuse(reasons.HEADER_FIELD_TOO_LARGE, f"over {partial_line} bytes")
-        if len(self._buf) > limits.head_max_bytes:
-            return self._refuse(reasons.HEAD_TOO_LARGE, f"over {limits.head_max_bytes} bytes")
         if self._eof:
             return self._refuse(reasons.INCOMPLETE_HEAD, f"closed after {len(self._buf)} bytes")
         return NEED_DATA
@@ -400,7 +399,12 @@ class RequestParser:
         try:
             event = h11_conn.next_event()
         except h11.RemoteProtocolError as exc:
-            return self._refuse(reasons.MALFORMED_HEADER, f"h11: {exc}")
+            reason = (
+                reasons.MALFORMED_REQUEST_LINE
+                if "request line" in str(exc)
+                else reasons.MALFORMED_HEADER
+            )
+            return self._refuse(reason, f"h11: {exc}")
         if not isinstance(event, h11.Request):  # pragma: no cover - a whole head always parses
             return self._refuse(reasons.MALFORMED_REQUEST_LINE, "h11 did not see a request")
 
@@ -476,13 +480,14 @@ class RequestParser:
             if state == _CHUNK_SIZE:
                 newline = buf.find(b"\n")
                 if newline < 0:
-                    if len(buf) > limits.chunk_line_max_bytes + 1:
+                    if len(buf) + 1 > limits.chunk_line_max_bytes:
                         return self._refuse(reasons.CHUNK_LINE_TOO_LONG, f"over {len(buf)} bytes")
                     break
+                # Length first, as for a line still arriving (the limit counts the CRLF).
+                if newline + 1 > limits.chunk_line_max_bytes:
+                    return self._refuse(reasons.CHUNK_LINE_TOO_LONG, f"{newline + 1} bytes")
                 if newline == 0 or buf[newline - 1] != _CR:
                     return self._refuse(reasons.BARE_LF, "chunk-size line ends in bare LF")
-                if newline - 1 > limits.chunk_line_max_bytes:
-                    return self._refuse(reasons.CHUNK_LINE_TOO_LONG, f"{newline - 1} bytes")
                 line = bytes(buf[: newline - 1])
                 match = _CHUNK_LINE_RE.fullmatch(line)
                 if match is None:
@@ -515,18 +520,19 @@ class RequestParser:
         while True:
             newline = buf.find(b"\n")
             if newline < 0:
-                if self._trailer_bytes + len(buf) > limits.trailer_max_bytes + 1:
+                if self._trailer_bytes + len(buf) + 1 > limits.trailer_max_bytes:
                     return self._refuse(
                         reasons.TRAILERS_TOO_LARGE, f"over {limits.trailer_max_bytes}"
                     )
                 if self._eof:
                     return self._refuse(reasons.INCOMPLETE_BODY, "closed inside the trailers")
                 return NEED_DATA
-            if newline == 0 or buf[newline - 1] != _CR:
-                return self._refuse(reasons.BARE_LF, "trailer line ends in bare LF")
+            # Size first, as for a line still arriving.
             self._trailer_bytes += newline + 1
             if self._trailer_bytes > limits.trailer_max_bytes:
                 return self._refuse(reasons.TRAILERS_TOO_LARGE, f"over {limits.trailer_max_bytes}")
+            if newline == 0 or buf[newline - 1] != _CR:
+                return self._refuse(reasons.BARE_LF, "trailer line ends in bare LF")
             line = bytes(buf[: newline - 1])
             del buf[: newline + 1]
             if not line:

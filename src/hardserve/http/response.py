@@ -28,7 +28,8 @@ _HOP_BY_HOP: Final = frozenset(
 _TOKEN_RE: Final = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 # Field values: HTAB, SP, VCHAR and obs-text; no CR, LF, NUL or other controls.
 _VALUE_RE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-_STATUS_RE: Final = re.compile(r"([1-9][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]*)")
+# RFC 9110 section 15: status codes are 100 to 599.
+_STATUS_RE: Final = re.compile(r"([1-5][0-9][0-9]) ([\t\x20-\x7e\x80-\xff]*)")
 
 Header = tuple[bytes, bytes]
 
@@ -49,12 +50,18 @@ def parse_status(status: object) -> tuple[int, bytes]:
     return code, status.encode("latin-1")
 
 
-def validate_headers(headers: object) -> tuple[list[Header], int | None]:
-    """The app's header list, encoded, and its Content-Length if it set one."""
+APP_SET_DATE: Final = 1
+APP_SET_SERVER: Final = 2
+
+
+def validate_headers(headers: object) -> tuple[list[Header], int | None, int]:
+    """The app's header list, encoded; its Content-Length if it set one; and which of the
+    server's own headers (APP_SET_DATE, APP_SET_SERVER) it set, so they are not sent twice."""
     if type(headers) is not list:
         raise ResponseError("response headers must be a list")
     encoded: list[Header] = []
     content_length: int | None = None
+    app_set = 0
     for item in headers:
         if type(item) is not tuple or len(item) != 2:
             raise ResponseError(f"header {item!r:.60} is not a (name, value) tuple")
@@ -71,12 +78,16 @@ def validate_headers(headers: object) -> tuple[list[Header], int | None]:
         if lowered == "content-length":
             if content_length is not None:
                 raise ResponseError("two Content-Length headers")
-            digits = value.strip()
-            if not digits.isdigit() or not digits.isascii() or len(digits) > 18:
+            digits = value.strip(" \t")
+            if not digits.isascii() or not digits.isdigit() or len(digits) > 18:
                 raise ResponseError(f"Content-Length {value[:40]!r} is not a number")
             content_length = int(digits)
+        elif lowered == "date":
+            app_set |= APP_SET_DATE
+        elif lowered == "server":
+            app_set |= APP_SET_SERVER
         encoded.append((name.encode("latin-1"), value.encode("latin-1")))
-    return encoded, content_length
+    return encoded, content_length, app_set
 
 
 _NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
@@ -207,9 +218,16 @@ class ResponseFramer:
 
 
 def error_response(
-    status: int, phrase: str, body: bytes, *, fixed_headers: bytes, close: bool
+    status: int,
+    phrase: str,
+    body: bytes,
+    *,
+    fixed_headers: bytes,
+    close: bool,
+    is_head: bool = False,
 ) -> bytes:
-    """A complete short response written by the server itself (refusals, 500, 503)."""
+    """A complete short response written by the server itself (refusals, 500, 503). A HEAD
+    request gets the same head and no body (RFC 9110 section 9.3.2)."""
     return b"".join(
         (
             b"HTTP/1.1 %d %b\r\n" % (status, phrase.encode("ascii")),
@@ -217,6 +235,6 @@ def error_response(
             b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
             b"Connection: close\r\n" if close else b"",
             b"\r\n",
-            body,
+            b"" if is_head else body,
         )
     )

@@ -115,14 +115,23 @@ class InputStream:
         self._channel = channel
         self._buffer = bytearray()
         self._at_end = False
+        self.started = False  # the app has asked for body bytes
+        self.consumed = 0  # body bytes taken from the channel
+
+    @property
+    def at_end(self) -> bool:
+        """The whole body has been taken from the channel."""
+        return self._at_end
 
     def _fill(self) -> bool:
         if self._at_end:
             return False
+        self.started = True
         data = self._channel.take()
         if not data:
             self._at_end = True
             return False
+        self.consumed += len(data)
         self._buffer += data
         return True
 

@@ -36,7 +36,8 @@ class ResponseSink(Protocol):
     def finish(self, data: bytes, keep_alive: bool, outcome: str) -> None: ...
     def abort(self, outcome: str) -> None: ...
     def sendfile(self, fileno: int, offset: int, count: int) -> int: ...
-    def fixed_headers(self) -> bytes: ...
+    def fixed_headers(self, app_set: int) -> bytes: ...
+    def response_must_close(self) -> bool: ...
     def server_error(self, status: int, body: bytes) -> bytes: ...
 
 
@@ -87,7 +88,8 @@ class WsgiCall:
         self._environ = environ
         self._framer = framer
         self._sink = sink
-        self._status: tuple[int, bytes, list[tuple[bytes, bytes]], int | None] | None = None
+        # (code, status line, encoded headers, Content-Length, APP_SET_* bits)
+        self._status: tuple[int, bytes, list[tuple[bytes, bytes]], int | None, int] | None = None
         self._head_sent = False
 
     # -- the WSGI callables ------------------------------------------------------------------
@@ -104,8 +106,8 @@ class WsgiCall:
         elif self._status is not None:
             raise AssertionError("start_response called a second time without exc_info")
         code, status_line = parse_status(status)
-        encoded, content_length = validate_headers(headers)
-        self._status = (code, status_line, encoded, content_length)
+        encoded, content_length, app_set = validate_headers(headers)
+        self._status = (code, status_line, encoded, content_length, app_set)
         return self._write
 
     def _write(self, data: bytes) -> None:
@@ -119,15 +121,16 @@ class WsgiCall:
     def _head(self, body_length_hint: int | None) -> bytes:
         if self._status is None:
             raise ResponseError("the app returned without calling start_response")
-        code, status_line, headers, content_length = self._status
+        code, status_line, headers, content_length, app_set = self._status
         self._head_sent = True
         return self._framer.head(
             status_line,
             code,
             headers,
             content_length,
-            fixed_headers=self._sink.fixed_headers(),
+            fixed_headers=self._sink.fixed_headers(app_set),
             body_length_hint=body_length_hint,
+            force_close=self._sink.response_must_close(),
         )
 
     def _frame(self, data: bytes, body_length_hint: int | None) -> bytes:

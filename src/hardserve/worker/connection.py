@@ -111,6 +111,8 @@ class HttpConnection(asyncio.Protocol):
         self._head_deadline_armed = False
         self._closing = False
         self._must_close = False
+        self._refused = False  # the parser refused: it is never asked for another event
+        self._peer_eof = False
         self._reading_paused = False
         self._writing_paused = False
         # The request in progress.
@@ -123,6 +125,7 @@ class HttpConnection(asyncio.Protocol):
         self._drained = 0
         self._started_at = 0.0
         self._framer: ResponseFramer | None = None
+        self._input: InputStream | None = None
         self.requests_served = 0
 
     @property
@@ -167,6 +170,9 @@ class HttpConnection(asyncio.Protocol):
         self._process()
 
     def eof_received(self) -> bool:
+        self._peer_eof = True
+        if self._closing:
+            return False  # lingering after our last response: the client is done too
         self._parser.feed_eof()
         self._process()
         # Keep our side open: a client may half-close after its request and still read the answer.
@@ -195,7 +201,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _process(self) -> None:
         parser = self._parser
-        while not self._closing:
+        while not self._closing and not self._refused:
             if self._head is None and (self._writing_paused or self._call_active):
                 return  # the previous response is still leaving; read the next head after it
             if self._call_active and parser.message_done:
@@ -273,9 +279,11 @@ class HttpConnection(asyncio.Protocol):
                 self._request_resume,
                 first_read,
             )
-            wsgi_input: Any = InputStream(self._body)
+            self._input = InputStream(self._body)
+            wsgi_input: Any = self._input
         else:
             self._body = None
+            self._input = None
             wsgi_input = EMPTY_INPUT
         environ = build_environ(
             head,
@@ -312,17 +320,33 @@ class HttpConnection(asyncio.Protocol):
 
     # -- the ResponseSink the app's thread writes through ------------------------------------
 
-    def fixed_headers(self) -> bytes:
-        return self._shared.fixed_headers.value
+    def fixed_headers(self, app_set: int) -> bytes:
+        return self._shared.fixed_headers.variants[app_set]
 
     def server_error(self, status: int, body: bytes) -> bytes:
+        head = self._head
         return error_response(
             status,
             HTTPStatus(status).phrase,
             body,
             fixed_headers=self._shared.fixed_headers.value,
             close=True,
+            is_head=head is not None and head.method == b"HEAD",
         )
+
+    def response_must_close(self) -> bool:
+        """On the app's thread, as the head is written: True when the connection will not be
+        reused because the request body cannot be skipped cheaply. Saying so in the head lets
+        the client know before it sends its next request into a closing connection."""
+        head = self._head
+        stream = self._input
+        if head is None or not head.has_body or stream is None or stream.at_end:
+            return False
+        if head.expect_continue and not stream.started:
+            return True  # the client waits for a 100 that will not come
+        if head.content_length is None:
+            return True  # chunked: how much is left is unknown
+        return head.content_length - stream.consumed > self._limits.drain_max_bytes
 
     def send(self, data: bytes) -> None:
         if not data:
@@ -458,12 +482,14 @@ class HttpConnection(asyncio.Protocol):
     # -- refusals ----------------------------------------------------------------------------
 
     def _on_refusal(self, refusal: Refusal) -> None:
+        self._refused = True
         reason = refusal.reason
         self._log_refusal(reason, refusal.detail, refusal.request_line)
         if self._call_active:
             # The body went bad while the app reads it: its next read raises, and the
             # connection closes after whatever the app answers.
             self._must_close = True
+            self._pause_reading()
             if self._body is not None:
                 self._body.fail(
                     BodyReadError(reason.summary, status=reason.status, code=reason.code)
@@ -494,8 +520,11 @@ class HttpConnection(asyncio.Protocol):
         if retry_after is not None:
             fixed += b"Retry-After: %d\r\n" % retry_after
         body = f"{reason.phrase}: {reason.summary}\n".encode()
+        is_head = self._head is not None and self._head.method == b"HEAD"
         transport.write(
-            error_response(reason.status, reason.phrase, body, fixed_headers=fixed, close=close)
+            error_response(
+                reason.status, reason.phrase, body, fixed_headers=fixed, close=close, is_head=is_head
+            )
         )
         if close:
             self._close()
@@ -556,5 +585,21 @@ class HttpConnection(asyncio.Protocol):
         if self._body is not None:
             self._body.fail(BodyReadError("connection closed"))
             self._body = None
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is None:
+            return
+        if self._peer_eof or not transport.can_write_eof():
+            transport.close()
+            return
+        # Lingering close (RFC 9112 section 9.6): closing a socket with unread input makes the
+        # kernel send a reset, which can destroy our last response in the client's buffers
+        # before it reads it (a 413 sent while the client is still uploading, for one). So
+        # shut down our sending side after the response, and read and discard what the client
+        # still sends, until it closes or the linger time passes.
+        transport.write_eof()
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        self._timer = asyncio.get_running_loop().call_later(
+            self._limits.linger_timeout_s, transport.close
+        )
