@@ -523,7 +523,12 @@ class HttpConnection(asyncio.Protocol):
         is_head = self._head is not None and self._head.method == b"HEAD"
         transport.write(
             error_response(
-                reason.status, reason.phrase, body, fixed_headers=fixed, close=close, is_head=is_head
+                reason.status,
+                reason.phrase,
+                body,
+                fixed_headers=fixed,
+                close=close,
+                is_head=is_head,
             )
         )
         if close:
