@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -205,3 +206,50 @@ def test_client_half_close_after_request_still_gets_the_answer() -> None:
         sock.shutdown(1)  # SHUT_WR
         responses, _ = read_responses(sock, 1)
     assert responses[0].body == b"/half|"
+
+
+def test_503_to_a_head_request_has_no_body() -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        entered.set()
+        release.wait(TIMEOUT_S)
+        start_response("200 OK", [])
+        return [b"done"]
+
+    with serve(app, threads=1, pool_queue_max=0) as server:
+        blocker = server.connect()
+        try:
+            blocker.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert entered.wait(TIMEOUT_S)
+            raw = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n" * 2
+            responses, closed = exchange(server, raw, 2, method=b"HEAD")
+            # h11 reads the second answer right after the first: a body would break it.
+            assert [r.status for r in responses] == [503, 503]
+            assert [r.body for r in responses] == [b"", b""]
+            assert not closed
+        finally:
+            release.set()
+            blocker.close()
+
+
+def test_a_refusal_inside_a_body_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with contextlib.suppress(OSError):  # the body read fails: the server refused the body
+            environ["wsgi.input"].read()
+        start_response("400 Bad Request", [])
+        return [b"bad body"]
+
+    caplog.set_level(logging.WARNING, logger="hardserve.security")
+    raw = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nHost: evil\r\n\r\n"
+    )
+    with serve(app) as server:
+        responses, closed = exchange(server, raw, method=b"POST")
+    assert responses[0].status == 400
+    assert closed
+    refusals = [r for r in caplog.records if r.name == "hardserve.security"]
+    assert len(refusals) == 1
+    assert "reason=forbidden_trailer " in refusals[0].getMessage()

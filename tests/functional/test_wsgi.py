@@ -593,3 +593,48 @@ def test_many_threads_serve_many_connections_concurrently() -> None:
         for thread in clients:
             thread.join(TIMEOUT_S)
     assert results == [200] * 4
+
+
+def test_app_date_and_server_headers_replace_the_servers_own() -> None:
+    app = _status_app("200 OK", [("Date", "Sat, 01 Jan 2000 00:00:00 GMT"), ("Server", "app/1")])
+    with serve(app) as server:
+        responses, _ = exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    names = [name.lower() for name, _ in responses[0].headers]
+    assert names.count(b"date") == 1
+    assert names.count(b"server") == 1
+    assert responses[0].header("Date") == "Sat, 01 Jan 2000 00:00:00 GMT"
+    assert responses[0].header("Server") == "app/1"
+
+
+def test_early_answer_to_a_large_upload_says_close_and_reaches_the_client() -> None:
+    """The app answers without reading a 5 MiB body. The head must say Connection: close (the
+    body will not be drained), and the answer must survive the close: the server lingers
+    instead of resetting the connection while the client is still sending."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"nope"]
+
+    body_size = 5 * 1024 * 1024
+    with serve(app) as server:
+        connection = http.client.HTTPConnection(server.host, server.port, timeout=TIMEOUT_S)
+        # A reset during the upload (BrokenPipeError, ConnectionResetError) fails the test.
+        connection.request("POST", "/upload", body=b"u" * body_size)
+        response = connection.getresponse()
+        assert response.status == 404
+        assert response.read() == b"nope"
+        assert response.getheader("Connection") == "close"
+        connection.close()
+
+
+def test_small_unread_body_keeps_the_connection_and_says_nothing() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"fine"]
+
+    with serve(app) as server:
+        raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"b" * 100
+        responses, closed = exchange(server, raw * 2, 2, method=b"POST")
+    assert [r.body for r in responses] == [b"fine", b"fine"]
+    assert responses[0].header("Connection") is None
+    assert not closed

@@ -933,3 +933,24 @@ def test_refusal_status_and_close(code: str) -> None:
     # A refusal of the framing always closes the connection.
     assert reason.close
     assert reason.phrase
+
+
+# -- the same refusal however the bytes are split ----------------------------------------------
+# Each input fails two checks at once; `parse` feeds it whole, by line, byte by byte and in
+# random splits and fails unless every splitting ends in the same refusal.
+SPLIT_DEPENDENT_BEFORE = [
+    (Limits(request_line_max_bytes=32), b"GET /" + b"a" * 40 + b" HTTP/1.1\nHost: x\r\n\r\n", "request_line_too_long"),
+    (Limits(request_line_max_bytes=32), b"GET /a\rb" + b"a" * 40 + b" HTTP/1.1\r\nHost: x\r\n\r\n", "request_line_too_long"),
+    (Limits(header_field_max_bytes=32), b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 40 + b"\n\r\n", "header_field_too_large"),
+    (Limits(header_field_max_bytes=32), b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n " + b"a" * 40 + b"\r\n\r\n", "header_field_too_large"),
+    (Limits(head_max_bytes=40), b"GET / HTTP/1.1\r\nHost: x\r\nX: a\rb" + b"a" * 40 + b"\r\n\r\n", "head_too_large"),
+    (Limits(header_count_max=2, head_max_bytes=60), b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: " + b"b" * 40 + b"\r\n\r\n", "head_too_large"),
+    (Limits(header_field_max_bytes=30, head_max_bytes=50), b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: " + b"b" * 40 + b"\r\n\r\n", "header_field_too_large"),
+    (Limits(chunk_line_max_bytes=16), post_chunked(b"5;" + b"a" * 30 + b"\nhello\r\n0\r\n\r\n"), "chunk_line_too_long"),
+    (Limits(trailer_max_bytes=16), post_chunked(b"0\r\nX: " + b"a" * 30 + b"\n\r\n"), "trailers_too_large"),
+]
+
+
+@pytest.mark.parametrize(("limits", "data", "code"), SPLIT_DEPENDENT_BEFORE)
+def test_a_line_with_two_flaws_gets_one_code_for_every_splitting(limits: Limits, data: bytes, code: str) -> None:
+    assert parse(data, limits).end == code
