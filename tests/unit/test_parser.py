@@ -954,3 +954,38 @@ SPLIT_DEPENDENT_BEFORE = [
 @pytest.mark.parametrize(("limits", "data", "code"), SPLIT_DEPENDENT_BEFORE)
 def test_a_line_with_two_flaws_gets_one_code_for_every_splitting(limits: Limits, data: bytes, code: str) -> None:
     assert parse(data, limits).end == code
+
+
+# -- h11's second reading, and its verdict cache --------------------------------------------------
+
+
+def _head_event(data: bytes) -> object:
+    parser = RequestParser(Limits())
+    parser.feed(data)
+    return parser.next_event()
+
+
+def test_second_reading_gives_the_same_verdict_on_a_cache_hit() -> None:
+    # The policy layer already refuses what h11 refuses, so h11's reading is called directly:
+    # its objection must come back the same from the cache as from a fresh reading.
+    from hardserve.http import parser as parser_module
+
+    section = b"Host: x\r\nBad Name: 1\r\n\r\n"
+    parser_module._VERDICTS.clear()
+    first = parser_module._second_reading(b"1.1", section)
+    assert (b"1.1" + section) in parser_module._VERDICTS
+    second = parser_module._second_reading(b"1.1", section)
+    assert first is not None and first == second
+    assert parser_module._second_reading(b"1.1", b"Host: x\r\n\r\n") is None
+
+
+def test_second_reading_verdicts_are_bounded() -> None:
+    from hardserve.http import parser as parser_module
+
+    for index in range(parser_module._VERDICTS_MAX + 10):
+        event = _head_event(b"GET / HTTP/1.1\r\nHost: x\r\nX-N: %d\r\n\r\n" % index)
+        assert isinstance(event, RequestHead)
+    assert len(parser_module._VERDICTS) <= parser_module._VERDICTS_MAX
+    big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 5000 + b"\r\n\r\n"
+    assert isinstance(_head_event(big), RequestHead)
+    assert all(len(key) <= parser_module._VERDICT_KEY_MAX_BYTES for key in parser_module._VERDICTS)
