@@ -15,6 +15,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
@@ -107,7 +108,10 @@ class HttpConnection(asyncio.Protocol):
         self._socket_fd = -1
         self.can_sendfile = False
         self._gate = WriteGate(self._limits.write_buffer_bytes)
+        self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._deadline_callback: Callable[[], None] | None = None
         self._head_deadline_armed = False
         self._closing = False
         self._must_close = False
@@ -180,7 +184,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self._cancel_timer()
+        self._drop_timer()
         self._gate.close()
         if self._body is not None:
             self._body.fail(BodyReadError("client closed the connection"))
@@ -553,23 +557,50 @@ class HttpConnection(asyncio.Protocol):
 
     # -- timers and closing ------------------------------------------------------------------
 
-    def _arm_timer(self, delay: float, callback: Any) -> None:
-        self._cancel_timer()
-        if delay > 0 and not self._closing:
-            self._timer = asyncio.get_running_loop().call_later(delay, callback)
+    def _arm_timer(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run `callback` in `delay` seconds unless the timer is re-armed or cancelled first.
+
+        A keep-alive connection re-arms its timer two or three times per request (head
+        deadline, idle timeout). To keep call_later and cancel off that path, one TimerHandle
+        per connection moves lazily: re-arming records the new deadline, and a handle that
+        fires before it simply schedules itself again for the deadline."""
+        if delay <= 0:
+            self._deadline_callback = None
+            return
+        loop = self._loop
+        deadline = loop.time() + delay
+        self._deadline = deadline
+        self._deadline_callback = callback
+        if self._timer is None or self._timer.when() > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(deadline, self._on_timer)
 
     def _cancel_timer(self) -> None:
+        self._deadline_callback = None  # the handle, if any, fires and finds nothing to do
+
+    def _drop_timer(self) -> None:
+        self._deadline_callback = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _on_idle_timeout(self) -> None:
+    def _on_timer(self) -> None:
         self._timer = None
+        callback = self._deadline_callback
+        if callback is None:
+            return
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            return
+        self._deadline_callback = None
+        callback()
+
+    def _on_idle_timeout(self) -> None:
         if not self._call_active and self._parser.buffered_bytes == 0:
             self._close()
 
     def _on_head_timeout(self) -> None:
-        self._timer = None
         if self._head is None and not self._call_active:
             self._log_refusal(reasons.HEAD_TIMEOUT, f"{self._limits.head_timeout_s:g} s", b"")
             self._write_refusal(reasons.HEAD_TIMEOUT, retry_after=None)
@@ -605,6 +636,4 @@ class HttpConnection(asyncio.Protocol):
         if self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()
-        self._timer = asyncio.get_running_loop().call_later(
-            self._limits.linger_timeout_s, transport.close
-        )
+        self._arm_timer(self._limits.linger_timeout_s, transport.close)
