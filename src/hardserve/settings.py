@@ -5,7 +5,9 @@ passed down. Every field of http.limits.Limits is a setting too, named after the
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +24,9 @@ class Setting:
     multiple: bool = False
     choices: tuple[str, ...] = ()
     metavar: str | None = None
+    # The range of a number; load() refuses a value outside it, and NaN or infinity.
+    minimum: int | float | None = None
+    maximum: int | float | None = None
 
     @property
     def flag(self) -> str:
@@ -36,11 +41,22 @@ def _octal(text: str) -> int:
     return int(text, 8)
 
 
+# The largest value the kernel takes where it wants a C int (listen's backlog) and the largest
+# high-water mark uvloop's transports take (also a C int).
+_C_INT_MAX = 2**31 - 1
+
+# The longest wait threading accepts; a longer timeout raises OverflowError in the thread that
+# waits, in the middle of a request. About 292 years, so it never gets in anyone's way.
+_SECONDS_MAX = threading.TIMEOUT_MAX
+
+
 def default_binds(env: Mapping[str, str]) -> tuple[str, ...]:
     """127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set (the container convention)."""
     port = env.get("PORT", "").strip()
     if port:
-        if not port.isdigit() or not 0 < int(port) < 65536:
+        # isascii: str.isdigit also accepts other scripts' digits ('\u0668') and superscripts
+        # ('\u00b2'), which int() reads as another number or refuses with a traceback.
+        if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise SettingError(f"PORT={port!r} is not a TCP port")
         return (f"0.0.0.0:{port}",)
     return ("127.0.0.1:8000",)
@@ -55,13 +71,23 @@ SETTINGS: tuple[Setting, ...] = (
         multiple=True,
         metavar="ADDRESS",
     ),
-    Setting("unix_mode", "Permissions of unix sockets (octal).", 0o600, _octal, metavar="MODE"),
+    Setting(
+        "unix_mode",
+        "Permissions of unix sockets (octal, 0 to 0777).",
+        0o600,
+        _octal,
+        metavar="MODE",
+        minimum=0,
+        maximum=0o777,
+    ),
     Setting(
         "listen_backlog",
-        "Kernel queue of not yet accepted connections (gunicorn 2048).",
+        "Kernel queue of not yet accepted connections, at least 1 (gunicorn 2048).",
         2048,
         int,
         metavar="N",
+        minimum=1,
+        maximum=_C_INT_MAX,
     ),
     Setting(
         "threads",
@@ -69,6 +95,7 @@ SETTINGS: tuple[Setting, ...] = (
         8,
         int,
         metavar="N",
+        minimum=1,
     ),
     Setting(
         "pool_queue_max",
@@ -76,6 +103,7 @@ SETTINGS: tuple[Setting, ...] = (
         64,
         int,
         metavar="N",
+        minimum=0,
     ),
     Setting("chdir", "Change to this directory before loading the app.", None, metavar="DIR"),
     Setting(
@@ -87,7 +115,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "server_header",
-        "Value of the Server header; an empty string sends none.",
+        "Value of the Server header: printable ASCII (0x20-0x7e), no space at either end; "
+        "an empty string sends none.",
         "hardserve",
         metavar="TEXT",
     ),
@@ -103,6 +132,8 @@ SETTINGS: tuple[Setting, ...] = (
         30.0,
         float,
         metavar="SECONDS",
+        minimum=0.0,
+        maximum=_SECONDS_MAX,
     ),
     Setting("loop", "Event loop implementation.", "auto", choices=("auto", "uvloop", "asyncio")),
     Setting("access_log", "Write the access log to FILE, or '-' for stderr.", None, metavar="FILE"),
@@ -114,17 +145,46 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
-_LIMIT_HELP = "Limit (see docs/limits): "
-LIMIT_SETTINGS: tuple[Setting, ...] = tuple(
-    Setting(
+# Sizes that leave the server unable to serve at all below some value. The floor is the same
+# for all of them, 1 KiB: an ordinary request line, its Host, User-Agent or Cookie field, or a
+# chunk-size line with an extension, fits in it, while smaller values refuse requests that
+# every client sends. For the two buffers 0 stops all traffic (the body is never read, every
+# response write waits for its timeout) and a few bytes cost a loop wake-up per few bytes; at
+# 1 KiB each wake-up moves a useful amount. A smaller value is a typo (a missing K), not
+# hardening. Every other limit may be 0 (refuse every body, every header, close at once).
+_LIMIT_MINIMUMS: dict[str, int] = {
+    "request_line_max_bytes": 1024,
+    "header_field_max_bytes": 1024,
+    "head_max_bytes": 1024,
+    "chunk_line_max_bytes": 1024,
+    "body_buffer_bytes": 1024,
+    "write_buffer_bytes": 1024,
+}
+_LIMIT_MAXIMUMS: dict[str, int] = {
+    "write_buffer_bytes": _C_INT_MAX,  # uvloop's set_write_buffer_limits takes a C int
+}
+
+
+def _limit_setting(f: dataclasses.Field[Any]) -> Setting:
+    is_float = f.type in ("float", float)
+    return Setting(
         f.name,
-        _LIMIT_HELP + f.name.replace("_", " "),
+        _LIMIT_HELP + f.name.replace("_", " ") + _range_help(f.name),
         f.default,
-        float if f.type in ("float", float) else int,
+        float if is_float else int,
         metavar="N",
+        minimum=_LIMIT_MINIMUMS.get(f.name, 0),
+        maximum=_SECONDS_MAX if is_float else _LIMIT_MAXIMUMS.get(f.name),
     )
-    for f in dataclasses.fields(Limits)
-)
+
+
+def _range_help(name: str) -> str:
+    minimum = _LIMIT_MINIMUMS.get(name)
+    return f" (at least {minimum})" if minimum else ""
+
+
+_LIMIT_HELP = "Limit (see docs/limits): "
+LIMIT_SETTINGS: tuple[Setting, ...] = tuple(_limit_setting(f) for f in dataclasses.fields(Limits))
 
 ALL_SETTINGS: tuple[Setting, ...] = SETTINGS + LIMIT_SETTINGS
 
@@ -171,14 +231,50 @@ def load(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Con
         resolved[setting.name] = tuple(value) if setting.multiple else value
     if not resolved["bind"]:
         resolved["bind"] = default_binds(env)
-    if resolved["threads"] < 1:
-        raise SettingError("--threads must be at least 1")
+    for setting in ALL_SETTINGS:
+        _check_range(setting, resolved[setting.name])
+    _check_server_header(resolved["server_header"])
     limit_names = {s.name for s in LIMIT_SETTINGS}
     limits = Limits(**{name: resolved.pop(name) for name in limit_names})
-    for name, value in dataclasses.asdict(limits).items():
-        if value < 0:
-            raise SettingError(f"--{name.replace('_', '-')} cannot be negative")
     return Config(limits=limits, **resolved)
+
+
+def _check_range(setting: Setting, value: Any) -> None:
+    if setting.minimum is None and setting.maximum is None:
+        return
+    # NaN passes every comparison below (nan < 0 is False), and infinity would be a timeout
+    # that threading refuses mid-request.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingError(f"{setting.flag} must be a finite number, not {value!r}")
+    if setting.minimum is not None and value < setting.minimum:
+        if setting.minimum == 0:
+            raise SettingError(f"{setting.flag} cannot be negative")
+        raise SettingError(f"{setting.flag} must be at least {_number(setting.minimum)}")
+    if setting.maximum is not None and value > setting.maximum:
+        raise SettingError(f"{setting.flag} must be at most {_number(setting.maximum)}")
+
+
+def _number(value: float) -> str:
+    return f"{value:#o}" if value == 0o777 else f"{value:g}" if isinstance(value, float) else str(
+        value
+    )
+
+
+def _check_server_header(value: str) -> None:
+    # The value is written into every response head as it is. CR or LF would let whoever sets
+    # it add header lines; other control characters, DEL and non-ASCII are not field-value
+    # text a client reads reliably (and anything past latin-1 cannot be encoded at all).
+    # RFC 9110 section 5.5 also allows HTAB inside; printable ASCII is the simpler rule.
+    if not all(" " <= char <= "~" for char in value):
+        raise SettingError(
+            f"--server-header / HARDSERVE_SERVER_HEADER: {ascii(value)} must be printable "
+            "ASCII (0x20-0x7e)"
+        )
+    if value != value.strip(" "):
+        raise SettingError(
+            f"--server-header / HARDSERVE_SERVER_HEADER: {ascii(value)} must not start or end "
+            "with a space"
+        )
 
 
 def _from_env(setting: Setting, raw: str) -> Any:

@@ -19,7 +19,7 @@ class TargetError(ValueError):
     """The target is not in a form allowed for the method."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, for speed: see RequestHead
 class Target:
     # The path, still percent-encoded, and the query without its '?'. The fragment, which a
     # client should never send, is cut off as RFC 3986 parsers do.
