@@ -73,7 +73,8 @@ def _build() -> click.Command:
         """Serve the WSGI app MODULE:APP (or MODULE:factory(literal args))."""
         sys.exit(serve(app, values))
 
-    for setting in reversed(ALL_SETTINGS):
+    # click lists the options in the order they were added: the table's order.
+    for setting in ALL_SETTINGS:
         command = _option(setting)(command)
     return command
 

@@ -12,12 +12,21 @@ import os
 import sys
 from typing import Any
 
+# A dotted module path, a name and a few literal arguments fit with room to spare. Past this
+# the spec is refused unread: the parser's time and memory grow with it, and a deeply nested
+# expression exhausts the parser's stack (MemoryError) or Python's (RecursionError).
+SPEC_MAX_CHARS = 1024
+
 
 class AppLoadError(Exception):
     """The app spec names nothing callable. The CLI prints the message and exits with status 4."""
 
 
 def _parse(spec: str) -> tuple[str, str, tuple[Any, ...] | None, dict[str, Any]]:
+    if len(spec) > SPEC_MAX_CHARS:
+        raise AppLoadError(
+            f"the app spec is {len(spec)} characters long; at most {SPEC_MAX_CHARS} are allowed"
+        )
     module_name, colon, expression = spec.partition(":")
     if not colon:
         expression = "application"
@@ -25,8 +34,10 @@ def _parse(spec: str) -> tuple[str, str, tuple[Any, ...] | None, dict[str, Any]]
         raise AppLoadError(f"{spec!r} is not MODULE:NAME (module {module_name!r} is not a name)")
     try:
         node = ast.parse(expression.strip(), mode="eval").body
-    except SyntaxError:
+    except (SyntaxError, ValueError):
         raise AppLoadError(f"{spec!r}: {expression!r} is not a name or a call") from None
+    except (MemoryError, RecursionError):
+        raise AppLoadError(f"{spec!r}: {expression!r} is nested too deeply") from None
     if isinstance(node, ast.Name):
         return module_name, node.id, None, {}
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
@@ -39,6 +50,10 @@ def _parse(spec: str) -> tuple[str, str, tuple[Any, ...] | None, dict[str, Any]]
             raise AppLoadError(
                 f"{spec!r}: a factory call may only have literal arguments"
             ) from None
+        except TypeError as exc:  # an unhashable literal where a key is needed: {[1]: 2}
+            raise AppLoadError(f"{spec!r}: a factory argument cannot be built: {exc}") from None
+        except (MemoryError, RecursionError):
+            raise AppLoadError(f"{spec!r}: a factory argument is nested too deeply") from None
         if any(kw.arg is None for kw in node.keywords):
             raise AppLoadError(f"{spec!r}: **kwargs is not allowed in a factory call")
         return module_name, node.func.id, args, kwargs
@@ -52,10 +67,14 @@ def load_app(spec: str, *, chdir: str | None = None, pythonpath: tuple[str, ...]
             os.chdir(chdir)
         except OSError as exc:
             raise AppLoadError(f"cannot change directory to {chdir!r}: {exc.strerror}") from None
-    for path in reversed(pythonpath):
-        sys.path.insert(0, os.path.abspath(path))
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    # --pythonpath first, in the order given, then the working directory (after --chdir), so
+    # that --pythonpath wins however hardserve was started. `python -m` puts the directory it
+    # started in on sys.path itself; the console script puts its own bin directory there.
+    front = [os.path.abspath(path) for path in pythonpath]
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path and cwd not in front:
+        front.append(cwd)
+    sys.path[0:0] = front
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -145,13 +145,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
-# Sizes that leave the server unable to serve at all below some value. The floor is the same
-# for all of them, 1 KiB: an ordinary request line, its Host, User-Agent or Cookie field, or a
-# chunk-size line with an extension, fits in it, while smaller values refuse requests that
-# every client sends. For the two buffers 0 stops all traffic (the body is never read, every
-# response write waits for its timeout) and a few bytes cost a loop wake-up per few bytes; at
-# 1 KiB each wake-up moves a useful amount. A smaller value is a typo (a missing K), not
-# hardening. Every other limit may be 0 (refuse every body, every header, close at once).
+_LIMIT_HELP = "Limit (see docs/limits): "
+
+# The sizes below which the server cannot serve ordinary requests. One floor for all of them,
+# 1 KiB: a usual request line, a Host, User-Agent or Cookie field, a chunk-size line with an
+# extension all fit in it, and nginx reads a head into a 1 KiB buffer first. At 0 the two
+# buffers stop all traffic (a body is never read; every response write waits until its
+# timeout), and at a few bytes every loop wake-up moves a few bytes. A smaller value is a typo
+# (a missing K), not hardening. Every other limit may be 0 (no body, no header, no waiting).
 _LIMIT_MINIMUMS: dict[str, int] = {
     "request_line_max_bytes": 1024,
     "header_field_max_bytes": 1024,
@@ -183,7 +184,6 @@ def _range_help(name: str) -> str:
     return f" (at least {minimum})" if minimum else ""
 
 
-_LIMIT_HELP = "Limit (see docs/limits): "
 LIMIT_SETTINGS: tuple[Setting, ...] = tuple(_limit_setting(f) for f in dataclasses.fields(Limits))
 
 ALL_SETTINGS: tuple[Setting, ...] = SETTINGS + LIMIT_SETTINGS
@@ -249,15 +249,16 @@ def _check_range(setting: Setting, value: Any) -> None:
     if setting.minimum is not None and value < setting.minimum:
         if setting.minimum == 0:
             raise SettingError(f"{setting.flag} cannot be negative")
-        raise SettingError(f"{setting.flag} must be at least {_number(setting.minimum)}")
+        raise SettingError(f"{setting.flag} must be at least {_shown(setting, setting.minimum)}")
     if setting.maximum is not None and value > setting.maximum:
-        raise SettingError(f"{setting.flag} must be at most {_number(setting.maximum)}")
+        raise SettingError(f"{setting.flag} must be at most {_shown(setting, setting.maximum)}")
 
 
-def _number(value: float) -> str:
-    return f"{value:#o}" if value == 0o777 else f"{value:g}" if isinstance(value, float) else str(
-        value
-    )
+def _shown(setting: Setting, bound: float) -> str:
+    """A bound as the user writes the setting: octal for a mode."""
+    if setting.type is _octal:
+        return f"0{int(bound):o}"
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
 
 
 def _check_server_header(value: str) -> None:
@@ -267,12 +268,12 @@ def _check_server_header(value: str) -> None:
     # RFC 9110 section 5.5 also allows HTAB inside; printable ASCII is the simpler rule.
     if not all(" " <= char <= "~" for char in value):
         raise SettingError(
-            f"--server-header / HARDSERVE_SERVER_HEADER: {ascii(value)} must be printable "
+            f"--server-header / HARDSERVE_SERVER_HEADER: {value!a} must be printable "
             "ASCII (0x20-0x7e)"
         )
     if value != value.strip(" "):
         raise SettingError(
-            f"--server-header / HARDSERVE_SERVER_HEADER: {ascii(value)} must not start or end "
+            f"--server-header / HARDSERVE_SERVER_HEADER: {value!a} must not start or end "
             "with a space"
         )
 

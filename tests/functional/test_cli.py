@@ -28,7 +28,8 @@ import pytest
 
 import hardserve
 from hardserve.http.limits import Limits
-from hardserve.settings import Config
+from hardserve.loader import SPEC_MAX_CHARS
+from hardserve.settings import ALL_SETTINGS, Config
 from tests.helpers import ROOT, TIMEOUT_S, ServerProcess, read_responses, serve_process
 
 EXIT_USAGE = 2
@@ -211,6 +212,10 @@ def test_factory_call_with_literal_arguments(spec: str, status: int, body: bytes
         ("not a module:app", "is not MODULE:NAME"),
         (":app", "is not MODULE:NAME"),
         ("tests.apps_cli.hello:app(", "is not a name or a call"),
+        # These ended in a traceback and status 1: MemoryError from the parser, TypeError from
+        # literal_eval (a list is not hashable).
+        ("tests.apps_cli.factory:make_app(" + "-" * 100_000 + "1)", "characters long"),
+        ("tests.apps_cli.factory:make_app({[1]: 2})", "unhashable type: 'list'"),
     ],
 )
 def test_app_that_cannot_be_loaded_exits_4_with_one_line(spec: str, expected: str) -> None:
@@ -319,6 +324,25 @@ def test_version_names_every_component_on_one_line(how: str) -> None:
         f"uvloop {metadata.version('uvloop')}",
     ):
         assert part in lines[0], f"{part!r} missing from {lines[0]!r}"
+
+
+def test_overlong_app_spec_message_does_not_repeat_the_spec() -> None:
+    spec = "tests.apps_cli.factory:make_app(" + "-" * 100_000 + "1)"
+    result = run_cli(spec, "--bind", "127.0.0.1:0")
+    line = assert_one_clear_line(result, EXIT_APP_LOAD)
+    assert line == (
+        f"hardserve: cannot load the app: the app spec is {len(spec)} characters long; "
+        f"at most {SPEC_MAX_CHARS} are allowed"
+    )
+
+
+def test_help_lists_the_settings_in_the_order_of_the_table() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    listed = re.findall(r"^\s*(--[a-z0-9-]+)", result.stdout, re.MULTILINE)
+    table = [setting.flag for setting in ALL_SETTINGS]
+    assert [flag for flag in listed if flag in table] == table
+    assert listed.index("--bind") < listed.index("--body-max-bytes")
 
 
 def test_help_lists_a_flag_for_every_setting_and_limit() -> None:
@@ -440,6 +464,32 @@ def test_pythonpath_loads_an_app_from_a_directory_not_on_sys_path(
     assert (reply.status, reply.body) == (200, b"pp")
 
 
+def test_pythonpath_wins_over_the_working_directory_with_the_console_script(
+    tmp_path: Path,
+) -> None:
+    # The console script has its bin directory, not the working directory, at sys.path[0];
+    # the loader used to put the working directory in front of --pythonpath.
+    lib, elsewhere = _write_pythonpath_app(tmp_path)
+    (elsewhere / "hardserve_pythonpath_app.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Length', '3')])\n"
+        "    return [b'cwd']\n"
+    )
+    for extra in ((), ("--chdir", str(elsewhere))):
+        command = [
+            str(CONSOLE_SCRIPT),
+            "hardserve_pythonpath_app:app",
+            "--pythonpath",
+            str(lib),
+            "--bind",
+            "127.0.0.1:0",
+            *extra,
+        ]
+        with launch(command, cwd=elsewhere if not extra else tmp_path) as (_, host, port):
+            reply = get(host, port)
+        assert (reply.status, reply.body) == (200, b"pp"), extra
+
+
 def test_without_pythonpath_the_same_app_is_not_found(tmp_path: Path) -> None:
     # The counterpart of the test above: the directory really is not on sys.path by itself.
     _, elsewhere = _write_pythonpath_app(tmp_path)
@@ -467,6 +517,27 @@ def test_without_pythonpath_the_same_app_is_not_found(tmp_path: Path) -> None:
         (("--bind", "127.0.0.1:70000"), {}, "is not a port"),
         (("--bind", "unix:"), {}, "unix: needs a path"),
         (("--bind", "fd://x"), {}, "fd:// needs a descriptor number"),
+        # These ended in a traceback (ValueError from int(), OverflowError from listen()).
+        (("--bind", "127.0.0.1:\u00b2"), {}, "is not a port"),
+        (("--bind", "127.0.0.1:\u0668\u0660\u0668\u0660"), {}, "is not a port"),
+        (("--bind", "fd://\u0663"), {}, "fd:// needs a descriptor number"),
+        (("--listen-backlog", "99999999999"), {}, "--listen-backlog must be at most"),
+        # Negative values used to be accepted; -1 made every request a 503.
+        (("--threads", "1", "--pool-queue-max", "-1"), {}, "--pool-queue-max cannot be negative"),
+        (("--graceful-timeout-s", "-1"), {}, "--graceful-timeout-s cannot be negative"),
+        (("--listen-backlog", "-1"), {}, "--listen-backlog must be at least 1"),
+        (("--listen-backlog", "0"), {}, "--listen-backlog must be at least 1"),
+        (("--head-max-bytes", "0"), {}, "--head-max-bytes must be at least 1024"),
+        ((), {"HARDSERVE_WRITE_BUFFER_BYTES": "0"}, "--write-buffer-bytes must be at least 1024"),
+        # NaN passed the "cannot be negative" check.
+        (("--keepalive-timeout-s", "nan"), {}, "--keepalive-timeout-s must be a finite number"),
+        ((), {"HARDSERVE_GRACEFUL_TIMEOUT_S": "inf"}, "--graceful-timeout-s must be a finite"),
+        # CR/LF put a header line of the caller's choosing into every response; a character
+        # outside latin-1 crashed the worker with UnicodeEncodeError.
+        (("--server-header", "foo\r\nX-Injected: 1"), {}, "must be printable ASCII"),
+        ((), {"HARDSERVE_SERVER_HEADER": "foo\r\nX-Injected: 1"}, "must be printable ASCII"),
+        (("--server-header", "\u00e9\u20ac"), {}, "must be printable ASCII"),
+        (("--server-header", "a\x1b[2Jb"), {}, "must be printable ASCII"),
     ],
 )
 def test_invalid_setting_exits_3_with_one_line(
@@ -478,10 +549,20 @@ def test_invalid_setting_exits_3_with_one_line(
     assert expected in line
 
 
-def test_invalid_port_variable_exits_3_when_no_bind_is_given() -> None:
-    result = run_cli(HELLO, env={"PORT": "http"})
+@pytest.mark.parametrize("port", ["http", "\u00b2", "\u0668\u0660\u0668\u0660"])
+def test_invalid_port_variable_exits_3_when_no_bind_is_given(port: str) -> None:
+    result = run_cli(HELLO, env={"PORT": port})
     line = assert_one_clear_line(result, EXIT_CONFIG)
-    assert "PORT='http' is not a TCP port" in line
+    assert f"PORT={port!r} is not a TCP port" in line
+
+
+def test_refused_server_header_line_escapes_what_it_quotes() -> None:
+    result = run_cli(HELLO, "--server-header", "foo\r\nX-Injected: 1", "--bind", "127.0.0.1:0")
+    line = assert_one_clear_line(result, EXIT_CONFIG)
+    assert line == (
+        "hardserve: --server-header / HARDSERVE_SERVER_HEADER: 'foo\\r\\nX-Injected: 1' must be "
+        "printable ASCII (0x20-0x7e)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -138,6 +138,15 @@ def test_parse_bind(spec: str, parsed: tuple[str, object]) -> None:
         ("127.0.0.1:http", "is not a port"),
         ("127.0.0.1:", "is not a port"),
         ("[::1]:x", "is not a port"),
+        # str.isdigit accepts these: int() read the Arabic-Indic digits as 8080 and failed on
+        # the superscript with a traceback.
+        ("127.0.0.1:\u0668\u0660\u0668\u0660", "is not a port"),
+        ("127.0.0.1:\u00b2", "is not a port"),
+        ("127.0.0.1:\uff18\uff10", "is not a port"),  # fullwidth 80
+        ("[::1]:\u0668\u0660", "is not a port"),
+        ("fd://\u0663", "needs a descriptor number"),
+        ("fd://\u00b2", "needs a descriptor number"),
+        ("fd://2147483648", "needs a descriptor number"),  # not a C int: OverflowError before
     ],
 )
 def test_parse_bind_refuses(spec: str, message: str) -> None:
@@ -194,6 +203,67 @@ def test_unix_socket_left_by_a_dead_server_is_replaced(short_dir: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
         dead.bind(str(path))
     assert path.exists()  # closing a unix socket leaves its file behind
+    with bind(f"unix:{path}") as sock, socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(TIMEOUT_S)
+        client.connect(str(path))
+        assert sock.getsockname() == str(path)
+
+
+def test_unix_bind_does_not_take_over_a_live_servers_socket(short_dir: Path) -> None:
+    path = short_dir / "s.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(path))
+        live.listen(8)
+        live.settimeout(TIMEOUT_S)
+        with pytest.raises(BindError) as caught:
+            bind(f"unix:{path}")
+        assert str(caught.value) == (
+            f"cannot bind unix:{path}: already in use by a running server"
+        )
+        # The probe's connection reached the live server, and the file is still its own.
+        probe, _ = live.accept()
+        probe.close()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(TIMEOUT_S)
+            client.connect(str(path))
+            accepted, _ = live.accept()
+            accepted.close()
+
+
+def test_unix_bind_does_not_take_over_a_busy_servers_socket(short_dir: Path) -> None:
+    # A server with a full accept queue answers a connect with EAGAIN, not ECONNREFUSED: it is
+    # alive all the same.
+    path = short_dir / "s.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(path))
+        live.listen(0)
+        waiting: list[socket.socket] = []
+        try:
+            while True:
+                assert len(waiting) < 100, "the accept queue never filled"
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                client.setblocking(False)
+                try:
+                    client.connect(str(path))
+                except BlockingIOError:
+                    client.close()
+                    break
+                waiting.append(client)
+            with pytest.raises(BindError, match="already in use by a running server"):
+                bind(f"unix:{path}")
+            assert path.exists()
+        finally:
+            for client in waiting:
+                client.close()
+
+
+def test_unix_socket_of_a_closed_server_is_replaced_after_the_probe(short_dir: Path) -> None:
+    # The counterpart of the two above: once the server is gone the probe is refused and the
+    # file is taken over.
+    path = short_dir / "s.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gone:
+        gone.bind(str(path))
+        gone.listen(8)
     with bind(f"unix:{path}") as sock, socket.socket(socket.AF_UNIX) as client:
         client.settimeout(TIMEOUT_S)
         client.connect(str(path))
@@ -302,6 +372,29 @@ def test_ipv4_ipv6_and_unix_binds_all_serve(short_dir: Path) -> None:
         assert get_tcp("127.0.0.1", int(v4.rpartition(":")[2])) == (200, HELLO_BODY)
         assert get_tcp("::1", int(v6.rpartition(":")[2])) == (200, HELLO_BODY)
         assert get_unix(path) == (200, HELLO_BODY)
+
+
+def test_second_server_on_a_live_unix_socket_exits_3_and_the_first_keeps_serving(
+    short_dir: Path,
+) -> None:
+    path = short_dir / "s.sock"
+    with serve_process(
+        HELLO, "--bind", f"unix:{path}", "--bind", "127.0.0.1:0", cwd=str(ROOT)
+    ) as first:
+        second = subprocess.run(
+            [sys.executable, "-m", "hardserve", HELLO, "--bind", f"unix:{path}"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            cwd=ROOT,
+            check=False,
+        )
+        assert second.returncode == 3, second.stderr
+        assert second.stderr == (
+            f"hardserve: cannot bind unix:{path}: already in use by a running server\n"
+        )
+        assert get_unix(path) == (200, HELLO_BODY)
+        assert get_tcp(first.host, first.port) == (200, HELLO_BODY)
 
 
 def test_second_server_on_a_taken_port_exits_3_and_the_first_keeps_serving() -> None:

@@ -6,17 +6,20 @@ sys.modules and the working directory back afterwards, because load_app changes 
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import re
 import sys
 import textwrap
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hardserve.loader import AppLoadError, load_app
+from hardserve import loader
+from hardserve.loader import SPEC_MAX_CHARS, AppLoadError, load_app
 
 APP_MODULE = """
     import os
@@ -134,6 +137,9 @@ def test_module_in_a_package(site: Path) -> None:
         "make((n := 1))",
         "make()()",
         "make(1)(2)",
+        "make({{[1]: 2}})",  # literals, but unhashable: literal_eval raised TypeError
+        "make({{[]}})",
+        "make(k={{{{}}: 1}})",
         "app.__call__",
         "app[0]",
         "__import__('os').system('touch {pwned}')",
@@ -174,6 +180,84 @@ def test_error_message_is_one_line_whatever_the_spec(spec: str, site: Path) -> N
         load_app(spec)
     message = str(caught.value)
     assert "\n" not in message and "\r" not in message and "\x1b" not in message
+
+
+def test_spec_longer_than_the_cap_is_refused_unread(site: Path) -> None:
+    # 100,000 characters of unary minus used to end in MemoryError from the parser.
+    spec = "appmod:make(" + "-" * 100_000 + "1)"
+    with pytest.raises(AppLoadError) as caught:
+        load_app(spec)
+    message = str(caught.value)
+    assert message == (
+        f"the app spec is {len(spec)} characters long; at most {SPEC_MAX_CHARS} are allowed"
+    )
+    assert not imported(site)
+
+
+def test_spec_of_exactly_the_cap_loads(site: Path) -> None:
+    prefix, suffix = "appmod:make('", "')"
+    spec = prefix + "x" * (SPEC_MAX_CHARS - len(prefix) - len(suffix)) + suffix
+    assert len(spec) == SPEC_MAX_CHARS
+    assert load_app(spec) is sys.modules["appmod"].app
+    with pytest.raises(AppLoadError, match="characters long"):
+        load_app(spec[:-2] + "x')")
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "make(" + "-" * 20_000 + "1)",  # RecursionError while building the tree
+        "make(" + "not " * 20_000 + "1)",
+        "make(" + "(" * 5_000 + ")" * 5_000 + ")",
+        "make(" + "[" * 5_000 + "]" * 5_000 + ")",
+    ],
+    ids=["minus", "not", "parentheses", "lists"],
+)
+def test_nesting_too_deep_for_the_parser_is_a_spec_error(
+    expression: str, site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cap keeps such specs out; without it the parser's own failure (MemoryError,
+    # RecursionError) must still be an AppLoadError, not a traceback.
+    monkeypatch.setattr(loader, "SPEC_MAX_CHARS", 1_000_000)
+    with pytest.raises(AppLoadError) as caught:
+        load_app("appmod:" + expression)
+    assert "\n" not in str(caught.value)
+    assert not imported(site)
+
+
+def ast_with(**replaced: object) -> types.ModuleType:
+    """The ast module as the loader sees it, with some functions replaced (the real module,
+    which pytest itself uses, stays as it is)."""
+    fake = types.ModuleType("ast")
+    fake.__dict__.update(vars(ast))
+    fake.__dict__.update(replaced)
+    return fake
+
+
+@pytest.mark.parametrize("error", [MemoryError, RecursionError])
+def test_parser_running_out_of_memory_or_stack_is_a_spec_error(
+    error: type[BaseException], site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(loader, "ast", ast_with(parse=exhausted))
+    with pytest.raises(AppLoadError, match="nested too deeply"):
+        load_app("appmod:app")
+    assert not imported(site)
+
+
+@pytest.mark.parametrize("error", [MemoryError, RecursionError])
+def test_literal_eval_running_out_of_memory_or_stack_is_a_spec_error(
+    error: type[BaseException], site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(loader, "ast", ast_with(literal_eval=exhausted))
+    with pytest.raises(AppLoadError, match="nested too deeply"):
+        load_app("appmod:make(1)")
+    assert not imported(site)
 
 
 # -- specs that name nothing usable -------------------------------------------------------------
@@ -262,6 +346,47 @@ def test_pythonpath_entries_come_first_in_the_order_given(site: Path, tmp_path: 
     assert sys.modules["shadow"].WHERE == "first"
     positions = [sys.path.index(str(path)) for path in (tmp_path / "first", tmp_path / "second")]
     assert positions[0] < positions[1] < sys.path.index(str(site))
+
+
+@pytest.fixture
+def console_script_path(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sys.path as the console script has it: its bin directory first, and neither '' nor the
+    working directory (`python -m` puts the working directory there itself)."""
+    cwd = os.getcwd()
+    rest = [entry for entry in sys.path if entry not in ("", cwd)]
+    monkeypatch.setattr(sys, "path", ["/nonexistent/venv/bin", *rest])
+
+
+def _write_shadows(tmp_path: Path, *names: str) -> None:
+    for name in names:
+        write(tmp_path / name, "shadowed.py", f"WHERE = {name!r}\napp = lambda e, s: []\n")
+
+
+@pytest.mark.usefixtures("console_script_path")
+def test_pythonpath_comes_before_the_working_directory(site: Path, tmp_path: Path) -> None:
+    # The working directory (tmp_path, from the fixture) holds a module of the same name.
+    _write_shadows(tmp_path, "lib", "lib2")
+    write(tmp_path, "shadowed.py", "WHERE = 'cwd'\napp = lambda e, s: []\n")
+    load_app("shadowed:app", pythonpath=(str(tmp_path / "lib"), str(tmp_path / "lib2")))
+    assert sys.modules["shadowed"].WHERE == "lib"
+    assert sys.path[:3] == [str(tmp_path / "lib"), str(tmp_path / "lib2"), str(tmp_path)]
+
+
+@pytest.mark.usefixtures("console_script_path")
+def test_pythonpath_comes_before_the_chdir_directory(site: Path, tmp_path: Path) -> None:
+    _write_shadows(tmp_path, "lib", "app_dir")
+    load_app("shadowed:app", chdir=str(tmp_path / "app_dir"), pythonpath=(str(tmp_path / "lib"),))
+    assert sys.modules["shadowed"].WHERE == "lib"
+    assert sys.path[:2] == [str(tmp_path / "lib"), str(tmp_path / "app_dir")]
+
+
+@pytest.mark.usefixtures("console_script_path")
+def test_working_directory_is_added_once_when_it_is_a_pythonpath_entry(
+    site: Path, tmp_path: Path
+) -> None:
+    load_app("appmod:app", pythonpath=(".",))
+    assert sys.path.count(str(tmp_path)) == 1
+    assert sys.path[0] == str(tmp_path)
 
 
 def test_relative_pythonpath_is_made_absolute(site: Path, tmp_path: Path) -> None:

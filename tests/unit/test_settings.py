@@ -5,6 +5,8 @@ setting, a flag and a variable)."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import threading
 import types
 from typing import Any
 
@@ -117,7 +119,22 @@ def test_port_variable_gives_all_interfaces(port: str, binds: tuple[str, ...]) -
     assert load({}, env={"PORT": port}).bind == binds
 
 
-@pytest.mark.parametrize("port", ["0", "65536", "-1", "http", "80.5", "8080/tcp"])
+@pytest.mark.parametrize(
+    "port",
+    [
+        "0",
+        "65536",
+        "-1",
+        "http",
+        "80.5",
+        "8080/tcp",
+        # str.isdigit accepts these; int() refuses the superscript with a ValueError and reads
+        # the Arabic-Indic and fullwidth digits as 8080 and 5000.
+        "\u00b2",
+        "\u0668\u0660\u0668\u0660",
+        "\uff15\uff10\uff10\uff10",
+    ],
+)
 def test_port_variable_that_is_not_a_port_is_refused(port: str) -> None:
     with pytest.raises(SettingError, match="is not a TCP port"):
         default_binds({"PORT": port})
@@ -250,13 +267,169 @@ def test_one_thread_is_accepted() -> None:
     assert load({"threads": 1}, env={}).threads == 1
 
 
+# The sizes that make the server unusable below a floor (settings.py says why 1 KiB).
+SIZE_MINIMUMS = {
+    "request_line_max_bytes": 1024,
+    "header_field_max_bytes": 1024,
+    "head_max_bytes": 1024,
+    "chunk_line_max_bytes": 1024,
+    "body_buffer_bytes": 1024,
+    "write_buffer_bytes": 1024,
+}
+
+
 @pytest.mark.parametrize("field", LIMIT_FIELDS, ids=lambda f: f.name)
 def test_negative_limit_is_refused(field: dataclasses.Field[Any]) -> None:
     flag = "--" + field.name.replace("_", "-")
-    with pytest.raises(SettingError, match=f"{flag} cannot be negative"):
+    minimum = SIZE_MINIMUMS.get(field.name)
+    expected = f"{flag} must be at least {minimum}" if minimum else f"{flag} cannot be negative"
+    with pytest.raises(SettingError, match=expected):
         load({field.name: -1}, env={})
-    with pytest.raises(SettingError, match=f"{flag} cannot be negative"):
+    with pytest.raises(SettingError, match=expected):
         load({}, env={"HARDSERVE_" + field.name.upper(): "-1"})
+
+
+@pytest.mark.parametrize("field", LIMIT_FIELDS, ids=lambda f: f.name)
+def test_limit_minimum_is_accepted_and_one_less_is_refused(field: dataclasses.Field[Any]) -> None:
+    minimum = SIZE_MINIMUMS.get(field.name, 0)
+    flag = "--" + field.name.replace("_", "-")
+    assert getattr(load({field.name: minimum}, env={}).limits, field.name) == minimum
+    if minimum:
+        with pytest.raises(SettingError, match=f"{flag} must be at least {minimum}"):
+            load({field.name: minimum - 1}, env={})
+        with pytest.raises(SettingError, match=f"{flag} must be at least {minimum}"):
+            load({}, env={"HARDSERVE_" + field.name.upper(): str(minimum - 1)})
+
+
+def test_size_minimums_name_limits() -> None:
+    assert set(SIZE_MINIMUMS) <= {f.name for f in LIMIT_FIELDS}
+
+
+NUMBER_SETTINGS = [s for s in ALL_SETTINGS if s.type in (int, float) or s.name == "unix_mode"]
+FLOAT_SETTINGS = [s for s in ALL_SETTINGS if s.type is float]
+
+
+@pytest.mark.parametrize("setting", NUMBER_SETTINGS, ids=lambda s: s.name)
+def test_every_number_setting_has_a_lower_bound(setting: Setting) -> None:
+    # A number setting added without a range would take -1 again.
+    assert setting.minimum is not None
+    assert setting.minimum <= setting.default
+    assert setting.maximum is None or setting.default <= setting.maximum
+
+
+def test_some_settings_are_floats() -> None:
+    assert {s.name for s in FLOAT_SETTINGS} >= {"graceful_timeout_s", "keepalive_timeout_s"}
+
+
+@pytest.mark.parametrize("setting", FLOAT_SETTINGS, ids=lambda s: s.name)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_float_is_refused(setting: Setting, value: float) -> None:
+    # NaN passes a `< 0` check (every comparison with NaN is False).
+    with pytest.raises(SettingError, match=f"{setting.flag} must be a finite number"):
+        load({setting.name: value}, env={})
+
+
+@pytest.mark.parametrize("setting", FLOAT_SETTINGS, ids=lambda s: s.name)
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999"])
+def test_non_finite_float_from_the_environment_or_text_is_refused(
+    setting: Setting, raw: str
+) -> None:
+    with pytest.raises(SettingError, match=f"{setting.flag} must be a finite number"):
+        load({}, env={setting.env_var: raw})
+    with pytest.raises(SettingError, match=f"{setting.flag} must be a finite number"):
+        load({setting.name: raw}, env={})
+
+
+@pytest.mark.parametrize("setting", FLOAT_SETTINGS, ids=lambda s: s.name)
+def test_timeout_longer_than_threading_can_wait_is_refused(setting: Setting) -> None:
+    # threading raises OverflowError for a longer wait, in the middle of a request.
+    assert value_of(load({setting.name: 0.0}, env={}), setting.name) == 0.0
+    with pytest.raises(SettingError, match=f"{setting.flag} must be at most"):
+        load({setting.name: threading.TIMEOUT_MAX * 2}, env={})
+    with pytest.raises(SettingError, match=f"{setting.flag} must be at most"):
+        load({}, env={setting.env_var: "1e300"})
+
+
+@pytest.mark.parametrize(
+    ("name", "refused", "message", "lowest"),
+    [
+        # -1 made every request a 503: the queue was always "full".
+        ("pool_queue_max", -1, "--pool-queue-max cannot be negative", 0),
+        ("graceful_timeout_s", -0.5, "--graceful-timeout-s cannot be negative", 0.0),
+        ("listen_backlog", 0, "--listen-backlog must be at least 1", 1),
+        ("listen_backlog", -1, "--listen-backlog must be at least 1", 1),
+        ("unix_mode", -1, "--unix-mode cannot be negative", 0),
+    ],
+)
+def test_setting_below_its_range_is_refused(
+    name: str, refused: float, message: str, lowest: float
+) -> None:
+    with pytest.raises(SettingError, match=message):
+        load({name: refused}, env={})
+    with pytest.raises(SettingError, match=message):
+        load({}, env={BY_NAME[name].env_var: str(refused)})
+    assert getattr(load({name: lowest}, env={}), name) == lowest
+
+
+@pytest.mark.parametrize(
+    ("name", "refused", "message", "highest"),
+    [
+        # listen() takes a C int: a larger backlog raised OverflowError at bind time.
+        ("listen_backlog", 2**31, "--listen-backlog must be at most 2147483647", 2**31 - 1),
+        ("unix_mode", 0o1000, "--unix-mode must be at most 0777", 0o777),
+    ],
+)
+def test_setting_above_its_range_is_refused(
+    name: str, refused: int, message: str, highest: int
+) -> None:
+    with pytest.raises(SettingError, match=message):
+        load({name: refused}, env={})
+    assert getattr(load({name: highest}, env={}), name) == highest
+
+
+def test_write_buffer_larger_than_the_transport_takes_is_refused() -> None:
+    # uvloop's set_write_buffer_limits takes a C int; more raised OverflowError per connection.
+    with pytest.raises(SettingError, match="--write-buffer-bytes must be at most 2147483647"):
+        load({"write_buffer_bytes": 2**31}, env={})
+    assert load({"write_buffer_bytes": 2**31 - 1}, env={}).limits.write_buffer_bytes == 2**31 - 1
+
+
+# -- the Server header --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "foo\r\nX-Injected: 1",  # a header line of the caller's choosing in every response
+        "foo\nX-Injected: 1",
+        "foo\r",
+        "\r\n",
+        "a\x00b",
+        "a\tb",  # allowed by RFC 9110 inside a value, but not printable ASCII
+        "a\x7fb",
+        "\u00e9",  # latin-1, but not ASCII
+        "\u00e9\u20ac",  # not even latin-1: it used to fail when the worker encoded it
+        "\u2028",
+        " foo",
+        "foo ",
+        " ",
+    ],
+)
+def test_server_header_outside_printable_ascii_is_refused(value: str) -> None:
+    for given, env in (({"server_header": value}, {}), ({}, {"HARDSERVE_SERVER_HEADER": value})):
+        with pytest.raises(SettingError, match="--server-header") as caught:
+            load(given, env=env)
+        # The message is one line, whatever the value holds.
+        message = str(caught.value)
+        assert message.isprintable() and message.isascii(), message
+
+
+@pytest.mark.parametrize(
+    "value", ["", "foo", "hardserve/1.0 (Linux)", "a b", "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"]
+)
+def test_server_header_of_printable_ascii_is_accepted(value: str) -> None:
+    assert load({"server_header": value}, env={}).server_header == value
+    assert load({}, env={"HARDSERVE_SERVER_HEADER": value}).server_header == value
 
 
 @pytest.mark.parametrize("field", LIMIT_FIELDS, ids=lambda f: f.name)

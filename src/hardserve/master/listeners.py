@@ -7,6 +7,16 @@ import os
 import socket
 import stat
 
+# How long the probe of an existing unix socket file waits for a connection. A listening
+# socket answers a local connect at once (accepted, refused, or EAGAIN when its queue is
+# full); the timeout only bounds a peer that is stuck.
+_PROBE_TIMEOUT_S = 1.0
+
+_IN_USE = "cannot bind unix:{path}: already in use by a running server"
+
+# Descriptors are C ints; a larger number would make socket() raise OverflowError.
+_FD_MAX = 2**31 - 1
+
 
 class BindError(ValueError):
     """A bind spec is malformed or cannot be bound."""
@@ -21,7 +31,7 @@ def parse_bind(spec: str) -> tuple[str, tuple[str, int] | str | int]:
         return "unix", path
     if spec.startswith("fd://"):
         number = spec[5:]
-        if not number.isdigit():
+        if not _is_ascii_number(number) or int(number) > _FD_MAX:
             raise BindError(f"{spec!r}: fd:// needs a descriptor number")
         return "fd", int(number)
     if spec.startswith("["):
@@ -38,9 +48,15 @@ def parse_bind(spec: str) -> tuple[str, tuple[str, int] | str | int]:
 
 
 def _port(spec: str, text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
+    if not _is_ascii_number(text) or int(text) > 65535:
         raise BindError(f"{spec!r}: {text!r} is not a port")
     return int(text)
+
+
+def _is_ascii_number(text: str) -> bool:
+    # str.isdigit alone accepts other scripts' digits ('\u0663' is read as 3 by int()) and
+    # superscripts ('\u00b2', which int() refuses with a ValueError).
+    return text.isascii() and text.isdigit()
 
 
 def bind(spec: str, *, unix_mode: int = 0o600, backlog: int = 2048) -> socket.socket:
@@ -72,11 +88,38 @@ def bind(spec: str, *, unix_mode: int = 0o600, backlog: int = 2048) -> socket.so
         raise BindError(f"cannot bind {spec}: {exc.strerror or exc}") from None
 
 
-def _bind_unix(path: str, mode: int, backlog: int) -> socket.socket:
-    # A socket file left by a server that died is removed; any other file is left alone.
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a server that died. A live server's socket is never taken
+    over (BindError), and any other file is left alone (the bind then fails on it)."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return
+    except FileNotFoundError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(_PROBE_TIMEOUT_S)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            pass  # nothing listens: the file is stale
+        except FileNotFoundError:
+            return  # removed in the meantime
+        except (BlockingIOError, TimeoutError):
+            # EAGAIN: a listener whose queue is full; a timeout: one that does not answer.
+            # Either way something holds the socket.
+            raise BindError(_IN_USE.format(path=path)) from None
+        except OSError:
+            # EACCES, or EPROTOTYPE for a datagram socket: nothing tells that the file is
+            # stale, so it stays, and the bind below reports why it cannot be used.
+            return
+        else:
+            raise BindError(_IN_USE.format(path=path))
     with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
+        os.unlink(path)
+
+
+def _bind_unix(path: str, mode: int, backlog: int) -> socket.socket:
+    _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # Create it with no permissions at all, then open it to `mode`: no moment exists when
