@@ -638,3 +638,18 @@ def test_small_unread_body_keeps_the_connection_and_says_nothing() -> None:
     assert [r.body for r in responses] == [b"fine", b"fine"]
     assert responses[0].header("Connection") is None
     assert not closed
+
+
+def test_system_exit_in_the_app_closes_the_connection_and_keeps_the_worker() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/exit":
+            raise SystemExit(3)
+        start_response("200 OK", [])
+        return [b"alive"]
+
+    with serve(app, threads=1) as server:
+        with server.connect() as sock:
+            sock.sendall(b"GET /exit HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert server_closed(sock, wait_s=TIMEOUT_S)
+        responses, _ = exchange(server, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert responses[0].body == b"alive"

@@ -157,6 +157,11 @@ class WsgiCall:
             self._fail(exc, exc.status, f"request body: {exc} ({exc.code})".encode())
         except Exception as exc:
             self._fail(exc, 500, _GENERIC_500)
+        except BaseException as exc:
+            # SystemExit or KeyboardInterrupt raised inside the app must not leave the
+            # connection waiting forever for an answer: cut it, log, and keep the thread.
+            _log.error("app raised %s; connection closed", type(exc).__name__, exc_info=exc)
+            self._sink.abort("app_error")
         finally:
             if result is not None:
                 close = getattr(result, "close", None)
