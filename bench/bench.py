@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import http.client
 import json
 import os
@@ -222,7 +223,10 @@ class Run:
     server: str
     app: str
     mode: str
+    # Every response wrk read, and those with a status below 400: req/s and CPU per request
+    # count only the latter, so a server gains nothing by refusing requests.
     requests: int
+    ok_requests: int
     duration_s: float
     cpu_s: float
     client_cpu_s: float
@@ -238,11 +242,11 @@ class Run:
 
     @property
     def rps(self) -> float:
-        return self.requests / self.duration_s if self.duration_s else 0.0
+        return self.ok_requests / self.duration_s if self.duration_s else 0.0
 
     @property
     def cpu_us_per_request(self) -> float:
-        return self.cpu_s * 1e6 / self.requests if self.requests else float("nan")
+        return self.cpu_s * 1e6 / self.ok_requests if self.ok_requests else float("nan")
 
 
 def run_wrk(argv: list[str]) -> tuple[dict[str, int], float]:
@@ -260,9 +264,31 @@ def run_wrk(argv: list[str]) -> tuple[dict[str, int], float]:
     return summary, client_cpu
 
 
-def measure(server: Server, mode: str, round_no: int, duration_s: int, warmup_s: int) -> Run:
+def settle(server: Server, enabled: bool) -> None:
+    """Wait until the server's CPU goes quiet after a load (at most 3 s).
+
+    When wrk stops it hangs up with requests still queued in the server; the work those leave
+    behind must not be billed to the next measured load, nor crowd its first requests.
+    """
+    if not enabled:
+        return
+    deadline = time.monotonic() + 3.0
+    time.sleep(0.1)
+    while time.monotonic() < deadline:
+        before = server.cpu_ticks()
+        time.sleep(0.1)
+        # One tick in 100 ms (10 %) allows for idle timers, gunicorn's master among them.
+        if server.cpu_ticks() - before <= 1:
+            return
+
+
+def measure(
+    server: Server, mode: str, round_no: int, duration_s: int, warmup_s: int, settling: bool
+) -> Run:
+    settle(server, settling)
     if warmup_s:
         run_wrk(wrk_argv(mode, server.app, warmup_s, server.url))
+        settle(server, settling)
     argv = wrk_argv(mode, server.app, duration_s, server.url)
     cores_before = core_ticks()
     before = server.cpu_ticks()
@@ -282,6 +308,7 @@ def measure(server: Server, mode: str, round_no: int, duration_s: int, warmup_s:
         app=server.app,
         mode=mode,
         requests=summary["requests"],
+        ok_requests=summary["requests"] - summary["status_errors"],
         duration_s=summary["duration_us"] / 1e6,
         cpu_s=(after - before) / CLK_TCK,
         client_cpu_s=client_cpu,
@@ -293,6 +320,19 @@ def measure(server: Server, mode: str, round_no: int, duration_s: int, warmup_s:
         latency_p99_ms=summary["latency_p99_us"] / 1000,
         wrk_command=["taskset", "-c", CLIENT_CORE, *argv],
     )
+
+
+def src_digest() -> str:
+    """Digest of hardserve's sources as a server process starting now would import them.
+
+    The install is editable, so a change to src/ during a run is measured from the next
+    process on; the report flags a run whose processes saw more than one version.
+    """
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "src" / "hardserve").rglob("*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def scan_log(path: Path) -> dict[str, Any]:
@@ -320,6 +360,7 @@ class Options:
     servers: tuple[str, ...]
     skip_handoff: bool
     quick: bool
+    settle: bool
 
 
 def run_matrix(options: Options, stamp: str) -> tuple[list[Run], list[dict[str, Any]]]:
@@ -334,11 +375,20 @@ def run_matrix(options: Options, stamp: str) -> tuple[list[Run], list[dict[str, 
                 log_path = logs_dir / f"{name}-{app}-r{round_no}.log"
                 server = Server(name, app, log_path)
                 record: dict[str, Any] = {"round": round_no, "server": name, "app": app}
+                if name == "hardserve":
+                    record["src_digest"] = src_digest()
                 try:
                     server.wait_ready()
                     record["sanity"] = sanity_check(server)
                     for mode in MODES:
-                        run = measure(server, mode, round_no, options.duration_s, options.warmup_s)
+                        run = measure(
+                            server,
+                            mode,
+                            round_no,
+                            options.duration_s,
+                            options.warmup_s,
+                            options.settle,
+                        )
                         runs.append(run)
                         print(
                             f"round {round_no} {app:6} {mode:10} {name:9} "
@@ -398,6 +448,13 @@ def environment() -> dict[str, Any]:
         text=True,
         check=False,
     ).stdout.strip()
+    # hardserve is installed editable: uncommitted changes under src/ are what gets measured.
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
@@ -413,6 +470,7 @@ def environment() -> dict[str, Any]:
             "wrk": wrk_version,
         },
         "hardserve_commit": commit,
+        "hardserve_src_dirty": bool(dirty),
     }
 
 
@@ -429,6 +487,11 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--warmup", type=int, help="seconds of unmeasured load first (default 1)")
     parser.add_argument("--apps", default=",".join(APPS), help="comma-separated apps")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated servers")
+    parser.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="start each load as soon as the previous one ends (see NOTES.md)",
+    )
     parser.add_argument("--skip-handoff", action="store_true", help="skip the hand-off benchmark")
     args = parser.parse_args(argv)
     apps = tuple(a for a in args.apps.split(",") if a)
@@ -446,6 +509,7 @@ def parse_args(argv: list[str] | None) -> Options:
         servers=servers,
         skip_handoff=args.skip_handoff,
         quick=args.quick,
+        settle=not args.no_settle,
     )
 
 

@@ -296,7 +296,9 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
     lines = [
         "# Benchmark: hardserve, gunicorn and waitress",
         "",
-        f"- Date: {env['date']}; hardserve at commit `{env['hardserve_commit']}`; the whole run "
+        f"- Date: {env['date']}; hardserve at commit `{env['hardserve_commit']}`"
+        + (" with uncommitted changes in src/" if env.get("hardserve_src_dirty") else "")
+        + "; the whole run "
         f"took {env['elapsed_s'] // 60} min {env['elapsed_s'] % 60} s.",
         f"- Machine: {env['nproc']} cores, {env['cpu_model']}, Linux {env['kernel']}, "
         f"Python {env['python']}.",
@@ -310,6 +312,14 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         f"`bench/.venv/bin/python -m bench.report {raw_path.relative_to(ROOT)}`.",
         "",
     ]
+    digests = {p["src_digest"] for p in raw["processes"] if p.get("src_digest")}
+    if len(digests) > 1:
+        lines += [
+            f"**Caution**: hardserve's sources changed during this run; its processes ran "
+            f"{len(digests)} different versions (digests in the raw results), so its rounds "
+            "do not all measure the same code.",
+            "",
+        ]
     if hello.get("hardserve") and hello.get("waitress"):
         own, waitress = hello["hardserve"], hello["waitress"]
         verdict = "meets" if own["cpu_us"] <= waitress["cpu_us"] else "misses"
@@ -321,6 +331,9 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
             "",
         ]
     lines += [
+        "Behaviour of hardserve seen while building this benchmark, with reproductions: "
+        "[NOTES.md](NOTES.md).",
+        "",
         "![CPU µs per request and requests per second, per case](results.png)",
         "",
         "## Method",
@@ -330,12 +343,18 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         "each round every app is served by hardserve, then gunicorn, then waitress, each a "
         "fresh process started from the project root, which takes the keep-alive load and "
         "then the `Connection: close` load. A server is loaded once its port accepts and one "
-        "request has been answered.",
+        "request has been answered; before each load (warm-up or measured) the driver waits "
+        "until the server's CPU has gone quiet, so work left by the previous load's "
+        "abandoned requests is neither billed to nor crowds the next one"
+        + ("" if options.get("settle", True) else " (not in this run: --no-settle)")
+        + ".",
         "",
-        "- **req/s**: requests wrk completed divided by its measured duration.",
+        "- **req/s**: responses wrk read with a status below 400, divided by its measured "
+        "duration. Refused requests (503 and the like) are counted under errors only, so a "
+        "server gains nothing by refusing.",
         "- **CPU µs/req**: utime + stime (plus those of reaped children) of the server process "
         "and every descendant (gunicorn's master and its worker), from `/proc/PID/stat`, "
-        "read before and after the measured load, divided by the requests wrk completed. A "
+        "read before and after the measured load, divided by the same successful responses. A "
         "process's stat counts all its threads.",
         "- **core 0: server / others**: the server's CPU time over the wall time (near 100 % "
         "the server is the bottleneck; far below, it waits: on the sleep app, on the client, "
