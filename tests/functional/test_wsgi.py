@@ -653,3 +653,31 @@ def test_system_exit_in_the_app_closes_the_connection_and_keeps_the_worker() -> 
             assert server_closed(sock, wait_s=TIMEOUT_S)
         responses, _ = exchange(server, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
     assert responses[0].body == b"alive"
+
+
+@pytest.mark.parametrize("shape", ["list", "generator", "one-piece", "declared-short"])
+def test_large_bodies_arrive_intact(shape: str) -> None:
+    pieces = [bytes([65 + index]) * (100_000 + index) for index in range(3)]
+    whole = b"".join(pieces)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        headers = [("Content-Type", "application/octet-stream")]
+        if shape == "declared-short":
+            headers.append(("Content-Length", str(len(whole) - 10)))
+        start_response("200 OK", headers)
+        if shape == "generator":
+            return iter(pieces)
+        if shape == "one-piece":
+            return [whole]
+        return list(pieces)
+
+    with serve(app) as server:
+        responses, closed = exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    if shape == "declared-short":
+        assert responses[0].body == whole[:-10]  # the excess was cut
+        assert closed
+    else:
+        assert responses[0].body == whole
+        assert not closed
+    expected_framing = "chunked" if shape == "generator" else None
+    assert responses[0].header("Transfer-Encoding") == expected_framing

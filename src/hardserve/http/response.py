@@ -189,6 +189,15 @@ class ResponseFramer:
             return b"%x\r\n%b\r\n" % (len(data), data)
         return data
 
+    def body_parts(self, data: bytes) -> list[bytes]:
+        """Like body(), as pieces for writev, so a large piece is never copied to frame it."""
+        kind = self._kind
+        if kind != _CHUNKED or not data:
+            framed = self.body(data)
+            return [framed] if framed else []
+        self.sent_body_bytes += len(data)
+        return [b"%x\r\n" % len(data), data, b"\r\n"]
+
     def consume(self, count: int) -> None:
         """Account for body bytes of a Content-Length body sent outside `body` (sendfile)."""
         self._remaining -= count

@@ -34,7 +34,7 @@ from hardserve.http.parser import (
 from hardserve.http.reasons import Reason
 from hardserve.http.response import ResponseFramer, error_response
 from hardserve.worker.body import EMPTY_INPUT, BodyChannel, BodyReadError, InputStream
-from hardserve.worker.call import ClientGone, FileWrapper, WsgiCall
+from hardserve.worker.call import ClientGone, FileWrapper, Output, WsgiCall, output_size
 
 if TYPE_CHECKING:
     from hardserve.worker.server import WorkerShared
@@ -352,13 +352,14 @@ class HttpConnection(asyncio.Protocol):
             return True  # chunked: how much is left is unknown
         return head.content_length - stream.consumed > self._limits.drain_max_bytes
 
-    def send(self, data: bytes) -> None:
-        if not data:
+    def send(self, data: Output) -> None:
+        size = output_size(data)
+        if not size:
             return
-        self._gate.acquire(len(data), self._limits.write_timeout_s)
-        self._pool.call_in_loop(self._loop_write, data)
+        self._gate.acquire(size, self._limits.write_timeout_s)
+        self._pool.call_in_loop(self._loop_write, data, size)
 
-    def finish(self, data: bytes, keep_alive: bool, outcome: str) -> None:
+    def finish(self, data: Output, keep_alive: bool, outcome: str) -> None:
         self._pool.call_in_loop(self._loop_finish, data, keep_alive, outcome)
 
     def abort(self, outcome: str) -> None:
@@ -402,12 +403,15 @@ class HttpConnection(asyncio.Protocol):
 
     # -- loop side of the sink ---------------------------------------------------------------
 
-    def _loop_write(self, data: bytes) -> None:
+    def _loop_write(self, data: Output, size: int) -> None:
         transport = self._transport
         if transport is not None and not self._closing:
             self._response_started = True
-            transport.write(data)
-        self._gate.release(len(data))
+            if isinstance(data, bytes):
+                transport.write(data)
+            else:
+                transport.writelines(data)
+        self._gate.release(size)
 
     def _loop_hand_over_fd(self, handed: list[int], ready: threading.Event) -> None:
         transport = self._transport
@@ -421,7 +425,7 @@ class HttpConnection(asyncio.Protocol):
         handed.append(os.dup(self._socket_fd))
         ready.set()
 
-    def _loop_finish(self, data: bytes, keep_alive: bool, outcome: str) -> None:
+    def _loop_finish(self, data: Output, keep_alive: bool, outcome: str) -> None:
         self._call_active = False
         self._pool.job_done()
         transport = self._transport
@@ -429,8 +433,11 @@ class HttpConnection(asyncio.Protocol):
         if transport is None or self._closing or head is None:
             return
         self._response_started = True
-        if data:
-            transport.write(data)
+        if isinstance(data, bytes):
+            if data:
+                transport.write(data)
+        else:
+            transport.writelines(data)
         self.requests_served += 1
         self._shared.request_finished(
             self, head, self._framer, outcome, time.monotonic() - self._started_at
