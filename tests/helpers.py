@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import h11
+import pytest
 
 from hardserve.http.limits import Limits
 from hardserve.settings import Config
@@ -46,9 +47,25 @@ class RunningServer:
         return socket.create_connection(self.address, timeout=TIMEOUT_S)
 
 
+# Settings every `serve` call starts from; the `both_loops` fixture sets the event loop here.
+DEFAULT_SETTINGS: dict[str, Any] = {}
+
+
+@pytest.fixture(params=["uvloop", "asyncio"], autouse=False)
+def both_loops(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test once on uvloop and once on the standard asyncio loop (the fallback where
+    uvloop is missing): transports differ in flow control, half-close and sendfile."""
+    DEFAULT_SETTINGS["loop"] = request.param
+    try:
+        yield request.param
+    finally:
+        DEFAULT_SETTINGS.pop("loop", None)
+
+
 @contextlib.contextmanager
 def serve(app: Any, *, limits: Limits | None = None, **settings: Any) -> Iterator[RunningServer]:
     """Run one worker in a thread, on a fresh 127.0.0.1 port, for the length of the block."""
+    settings = {**DEFAULT_SETTINGS, **settings}
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)

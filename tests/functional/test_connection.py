@@ -10,7 +10,17 @@ from typing import Any
 import pytest
 
 from hardserve.http.limits import Limits
-from tests.helpers import TIMEOUT_S, exchange, read_responses, serve, server_closed
+from tests.helpers import (
+    TIMEOUT_S,
+    both_loops,  # noqa: F401 - a fixture
+    exchange,
+    read_responses,
+    serve,
+    server_closed,
+)
+
+# Every test here runs on uvloop and on the standard asyncio loop.
+pytestmark = pytest.mark.usefixtures("both_loops")
 
 
 def echo_path(environ: dict[str, Any], start_response: Any) -> list[bytes]:

@@ -17,9 +17,19 @@ from wsgiref.validate import validator
 import pytest
 
 from hardserve.http.limits import Limits
-from tests.helpers import TIMEOUT_S, exchange, read_responses, serve, server_closed
+from tests.helpers import (
+    TIMEOUT_S,
+    both_loops,  # noqa: F401 - a fixture
+    exchange,
+    read_responses,
+    serve,
+    server_closed,
+)
 
 App = Any
+
+# Every test here runs on uvloop and on the standard asyncio loop.
+pytestmark = pytest.mark.usefixtures("both_loops")
 
 
 def test_wsgi_input_read_readline_readlines_and_iteration() -> None:
