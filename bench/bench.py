@@ -22,6 +22,7 @@ import platform
 import re
 import resource
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -88,7 +89,7 @@ def free_port() -> int:
 class Server:
     """One server process, pinned to the server core, its stderr in a log file."""
 
-    def __init__(self, server: str, app: str, log_path: Path) -> None:
+    def __init__(self, server: str, app: str, log_path: Path, env: dict[str, str]) -> None:
         self.name = server
         self.app = app
         self.port = free_port()
@@ -100,6 +101,7 @@ class Server:
             self.process = subprocess.Popen(
                 ["taskset", "-c", SERVER_CORE, *argv],
                 cwd=ROOT,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -322,17 +324,28 @@ def measure(
     )
 
 
-def src_digest() -> str:
-    """Digest of hardserve's sources as a server process starting now would import them.
-
-    The install is editable, so a change to src/ during a run is measured from the next
-    process on; the report flags a run whose processes saw more than one version.
-    """
+def src_digest(package: Path) -> str:
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "hardserve").rglob("*.py")):
-        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0")
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def snapshot_sources(stamp: str) -> Path:
+    """Copies src/hardserve as it is now; the run's hardserve processes import this copy.
+
+    The install is editable, and src/ may change while a run goes on (a rebase, an edit in
+    another terminal); every round must measure the same code. The copy includes uncommitted
+    changes, so `make bench` still measures the working tree.
+    """
+    target = OUT / f"src-{stamp}"
+    shutil.copytree(
+        ROOT / "src" / "hardserve",
+        target / "hardserve",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return target
 
 
 def scan_log(path: Path) -> dict[str, Any]:
@@ -363,7 +376,9 @@ class Options:
     settle: bool
 
 
-def run_matrix(options: Options, stamp: str) -> tuple[list[Run], list[dict[str, Any]]]:
+def run_matrix(
+    options: Options, stamp: str, hardserve_env: dict[str, str]
+) -> tuple[list[Run], list[dict[str, Any]]]:
     logs_dir = OUT / f"logs-{stamp}"
     logs_dir.mkdir(parents=True, exist_ok=True)
     runs: list[Run] = []
@@ -373,10 +388,9 @@ def run_matrix(options: Options, stamp: str) -> tuple[list[Run], list[dict[str, 
             # Servers alternate within each case, so a drift of the machine hits all alike.
             for name in options.servers:
                 log_path = logs_dir / f"{name}-{app}-r{round_no}.log"
-                server = Server(name, app, log_path)
+                env = hardserve_env if name == "hardserve" else dict(os.environ)
+                server = Server(name, app, log_path, env)
                 record: dict[str, Any] = {"round": round_no, "server": name, "app": app}
-                if name == "hardserve":
-                    record["src_digest"] = src_digest()
                 try:
                     server.wait_ready()
                     record["sanity"] = sanity_check(server)
@@ -409,13 +423,14 @@ def run_matrix(options: Options, stamp: str) -> tuple[list[Run], list[dict[str, 
     return runs, processes
 
 
-def run_handoff(quick: bool) -> dict[str, Any]:
+def run_handoff(quick: bool, hardserve_env: dict[str, str]) -> dict[str, Any]:
     argv = [sys.executable, "-m", "bench.handoff", "--json"]
     if quick:
         argv += ["--repeats", "3"]
     completed = subprocess.run(
         ["taskset", "-c", SERVER_CORE, *argv],
         cwd=ROOT,
+        env=hardserve_env,
         capture_output=True,
         text=True,
         check=True,
@@ -518,10 +533,18 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     env = environment()
+    snapshot = snapshot_sources(stamp)
+    env["hardserve_src_digest"] = src_digest(snapshot / "hardserve")
+    # PYTHONPATH comes before the editable install's path entry in sys.path.
+    hardserve_env = dict(os.environ) | {"PYTHONPATH": str(snapshot)}
     started = time.monotonic()
-    runs, processes = run_matrix(options, stamp)
-    handoff = None if options.skip_handoff else run_handoff(options.quick)
+    runs, processes = run_matrix(options, stamp, hardserve_env)
+    handoff = None if options.skip_handoff else run_handoff(options.quick, hardserve_env)
     env["elapsed_s"] = round(time.monotonic() - started)
+    env["hardserve_snapshot"] = str(snapshot.relative_to(ROOT))
+    env["src_changed_during_run"] = (
+        src_digest(ROOT / "src" / "hardserve") != env["hardserve_src_digest"]
+    )
     raw = {
         "environment": env,
         "options": asdict(options),

@@ -298,7 +298,14 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         "",
         f"- Date: {env['date']}; hardserve at commit `{env['hardserve_commit']}`"
         + (" with uncommitted changes in src/" if env.get("hardserve_src_dirty") else "")
-        + "; the whole run "
+        + f" (sources digest `{env.get('hardserve_src_digest', '?')}`, copied to "
+        f"`{env.get('hardserve_snapshot', '?')}` at the start and run from there"
+        + (
+            "; src/ changed during the run, the copy did not"
+            if env.get("src_changed_during_run")
+            else ""
+        )
+        + "); the whole run "
         f"took {env['elapsed_s'] // 60} min {env['elapsed_s'] % 60} s.",
         f"- Machine: {env['nproc']} cores, {env['cpu_model']}, Linux {env['kernel']}, "
         f"Python {env['python']}.",
@@ -312,14 +319,6 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         f"`bench/.venv/bin/python -m bench.report {raw_path.relative_to(ROOT)}`.",
         "",
     ]
-    digests = {p["src_digest"] for p in raw["processes"] if p.get("src_digest")}
-    if len(digests) > 1:
-        lines += [
-            f"**Caution**: hardserve's sources changed during this run; its processes ran "
-            f"{len(digests)} different versions (digests in the raw results), so its rounds "
-            "do not all measure the same code.",
-            "",
-        ]
     if hello.get("hardserve") and hello.get("waitress"):
         own, waitress = hello["hardserve"], hello["waitress"]
         verdict = "meets" if own["cpu_us"] <= waitress["cpu_us"] else "misses"

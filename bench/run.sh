@@ -3,6 +3,8 @@
 #
 # hardserve is installed editable from this checkout into bench/.venv, beside gunicorn and
 # waitress, so the three servers run on the same interpreter with the same site-packages.
+# The driver copies src/hardserve at the start of a run and serves that copy, so edits made
+# while it runs do not mix two versions into one set of results.
 #
 # Usage: bench/run.sh [--quick] [--rounds N] [--duration S] [--cases NAME,...]
 set -euo pipefail
