@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,17 @@ def read_responses(
     if len(responses) == count and not closed:
         closed = server_closed(sock)
     return responses, closed
+
+
+def wait_until(predicate: Any, timeout_s: float = TIMEOUT_S) -> bool:
+    """Poll a condition the server exposes no event for (such as its connection count), at
+    short intervals, until it holds or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def server_closed(sock: socket.socket, wait_s: float = 0.2) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
+import struct
 import threading
 from typing import Any
 
@@ -17,6 +19,7 @@ from tests.helpers import (
     read_responses,
     serve,
     server_closed,
+    wait_until,
 )
 
 # Every test here runs on uvloop and on the standard asyncio loop.
@@ -263,3 +266,41 @@ def test_a_refusal_inside_a_body_is_logged_once(caplog: pytest.LogCaptureFixture
     refusals = [r for r in caplog.records if r.name == "hardserve.security"]
     assert len(refusals) == 1
     assert "reason=forbidden_trailer " in refusals[0].getMessage()
+
+
+def test_a_queued_request_whose_client_left_is_not_run() -> None:
+    release = threading.Event()
+    entered = threading.Event()
+    ran: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        ran.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/block":
+            entered.set()
+            release.wait(TIMEOUT_S)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    with serve(app, threads=1) as server:
+        blocker = server.connect()
+        try:
+            blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert entered.wait(TIMEOUT_S)
+            leaver = server.connect()
+            leaver.sendall(b"GET /abandoned HTTP/1.1\r\nHost: x\r\n\r\n")
+            connections = server.worker.shared.connections  # type: ignore[union-attr]
+            assert wait_until(lambda: len(connections) == 2)
+            # Hang up with a reset (a closed tab, a proxy giving up), not a half-close: a client
+            # may half-close after its request and still wait for the answer.
+            leaver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            leaver.close()
+            assert wait_until(lambda: len(connections) == 1)
+            release.set()
+            read_responses(blocker, 1)
+            responses, _ = exchange(server, b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert responses[0].body == b"ok"
+        finally:
+            release.set()
+            blocker.close()
+    assert "/abandoned" not in ran
+    assert ran == ["/block", "/after"]

@@ -42,6 +42,9 @@ class ClientGone(Exception):
 class ResponseSink(Protocol):
     can_sendfile: bool
 
+    @property
+    def closed(self) -> bool: ...
+
     def send(self, data: Output) -> None: ...
     def finish(self, data: Output, keep_alive: bool, outcome: str) -> None: ...
     def abort(self, outcome: str) -> None: ...
@@ -155,6 +158,11 @@ class WsgiCall:
     # -- the call ----------------------------------------------------------------------------
 
     def run(self) -> None:
+        if self._sink.closed:
+            # The client hung up while the request waited for a thread: nobody can receive the
+            # answer, so the app is not run and the thread goes to a request that has a client.
+            self._sink.abort("client_gone_before_start")
+            return
         result: Iterable[bytes] | None = None
         try:
             result = self._app(self._environ, self.start_response)

@@ -137,6 +137,12 @@ class HttpConnection(asyncio.Protocol):
         return self._peer
 
     @property
+    def closed(self) -> bool:
+        """The connection is gone (read by the app's thread; a stale False only means the app
+        runs for a client that has just left, as it would have a moment earlier)."""
+        return self._closing
+
+    @property
     def idle(self) -> bool:
         return not self._call_active and self._head is None
 
