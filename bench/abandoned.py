@@ -5,7 +5,8 @@ send one. Against `hardserve bench.apps:sleep --threads 8` (limit 8 threads + 64
 the second wave should all get 200, since no more than 64 clients are ever connected.
 
     hardserve bench.apps:sleep --bind 127.0.0.1:8100 --threads 8 &
-    python -m bench.abandoned --port 8100
+    python -m bench.abandoned --port 8100            # the first wave closes with FIN
+    python -m bench.abandoned --port 8100 --reset    # ... with RST
 
 Prints the status lines of the second wave, e.g. {'HTTP/1.1 200 OK': 64}.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import struct
 import sys
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
@@ -32,8 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument(
+        "--reset",
+        action="store_true",
+        help="hang up with a TCP reset instead of a FIN (a half-close, which HTTP allows)",
+    )
     args = parser.parse_args(argv)
     for sock in wave(args.port, args.clients):
+        if args.reset:
+            # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()  # gone before the answer: the request stays queued in the server
     statuses: dict[str, int] = {}
     for sock in wave(args.port, args.clients):

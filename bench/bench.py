@@ -374,6 +374,7 @@ class Options:
     skip_handoff: bool
     quick: bool
     settle: bool
+    report: bool
 
 
 def run_matrix(
@@ -507,6 +508,11 @@ def parse_args(argv: list[str] | None) -> Options:
         action="store_true",
         help="start each load as soon as the previous one ends (see NOTES.md)",
     )
+    parser.add_argument(
+        "--no-report",
+        action="store_true",
+        help="write only the raw JSON, leave RESULTS.md and results.png as they are",
+    )
     parser.add_argument("--skip-handoff", action="store_true", help="skip the hand-off benchmark")
     args = parser.parse_args(argv)
     apps = tuple(a for a in args.apps.split(",") if a)
@@ -525,6 +531,7 @@ def parse_args(argv: list[str] | None) -> Options:
         skip_handoff=args.skip_handoff,
         quick=args.quick,
         settle=not args.no_settle,
+        report=not args.no_report,
     )
 
 
@@ -563,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     raw_path = OUT / f"results-{stamp}.json"
     raw_path.write_text(json.dumps(raw, indent=1))
+    if not options.report:
+        print(f"raw results: {raw_path.relative_to(ROOT)}")
+        return 0
     # Imported late: the report needs matplotlib, the measuring does not.
     from bench.report import write_report
 
