@@ -496,7 +496,7 @@ def environment() -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="one round of 2 s per case (about 2 minutes)"
+        "--quick", action="store_true", help="one round of 2 s per case (about 2.5 minutes)"
     )
     parser.add_argument("--rounds", type=int, help="rounds over all servers (default 3)")
     parser.add_argument("--duration", type=int, help="seconds of each measured load (default 3)")
