@@ -127,6 +127,21 @@ SETTINGS: tuple[Setting, ...] = (
         choices=("drop", "refuse"),
     ),
     Setting(
+        "path_encoded_slash",
+        "An encoded slash (%2F) in the path: refuse with 400 (default) or pass it to the app "
+        "decoded. Risky: an app or proxy that splits the path on '/' then sees other segments "
+        "than the ones the server checked for '..'.",
+        "refuse",
+        choices=("refuse", "allow"),
+    ),
+    Setting(
+        "path_backslash",
+        "A backslash (raw or %5C) in the path: refuse with 400 (default) or pass it on. Risky: "
+        "code that treats '\\' as a path separator sees other segments.",
+        "refuse",
+        choices=("refuse", "allow"),
+    ),
+    Setting(
         "graceful_timeout_s",
         "Seconds a stopping worker lets requests in progress finish.",
         30.0,
@@ -204,6 +219,8 @@ class Config:
     pythonpath: tuple[str, ...] = ()
     server_header: str = "hardserve"
     underscore_headers: str = "drop"
+    path_encoded_slash: str = "refuse"
+    path_backslash: str = "refuse"
     graceful_timeout_s: float = 30.0
     loop: str = "auto"
     access_log: str | None = None

@@ -304,3 +304,30 @@ def test_a_queued_request_whose_client_left_is_not_run() -> None:
             blocker.close()
     assert "/abandoned" not in ran
     assert ran == ["/block", "/after"]
+
+
+@pytest.mark.parametrize(
+    ("target", "settings", "status", "path_info"),
+    [
+        (b"/static/%2e%2e/%2e%2e/etc/passwd", {}, 400, None),
+        (b"/a%2Fb", {}, 400, None),
+        (b"/a%2Fb", {"path_encoded_slash": "allow"}, 200, "/a/b"),
+        (b"/a%5Cb", {"path_backslash": "allow"}, 200, "/a\\b"),
+        (b"/a/../b", {}, 200, "/a/../b"),
+    ],
+)
+def test_path_policy_end_to_end(
+    target: bytes, settings: dict[str, str], status: int, path_info: str | None
+) -> None:
+    seen: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b""]
+
+    with serve(app, **settings) as server:
+        responses, closed = exchange(server, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert responses[0].status == status
+    assert seen == ([] if path_info is None else [path_info])
+    assert closed == (status == 400)

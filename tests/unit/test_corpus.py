@@ -49,6 +49,10 @@ _PROXY = "PROXY protocol header: not supported, the bytes are not an HTTP reques
 # Valid cases hardserve refuses on purpose: case -> (reason code, why). See docs/deviations.md.
 DEVIATIONS: dict[str, tuple[str, str]] = {
     "valid/004": ("missing_host", _MISSING_HOST),
+    "valid/rfc9112_target_absolute_userinfo_01": (
+        "invalid_target",
+        "userinfo in an absolute-form target: RFC 9110 section 4.2.4 says to treat it as an error",
+    ),
     "valid/005": ("missing_host", _MISSING_HOST),
     "valid/006": ("missing_host", _MISSING_HOST),
     "valid/007": ("missing_host", _MISSING_HOST),

@@ -26,6 +26,7 @@ from hardserve.http.parser import (
     RequestHead,
     RequestParser,
 )
+from hardserve.http.target import DEFAULT_PATH_POLICY, PathPolicy
 
 SPLIT_SEED = 1234
 # Largest piece of each random splitting: pieces are 1..N bytes long.
@@ -97,9 +98,12 @@ def drive(
     *,
     refuse_underscore: bool = False,
     eof: bool = True,
+    path_policy: PathPolicy = DEFAULT_PATH_POLICY,
 ) -> Outcome:
     """Feed `pieces` one at a time, pulling every event after each; then EOF (if `eof`)."""
-    parser = RequestParser(limits or Limits(), refuse_underscore_headers=refuse_underscore)
+    parser = RequestParser(
+        limits or Limits(), refuse_underscore_headers=refuse_underscore, path_policy=path_policy
+    )
     requests: list[Request] = []
 
     def pull() -> str | None:
@@ -169,10 +173,13 @@ def parse(
     *,
     refuse_underscore: bool = False,
     eof: bool = True,
+    path_policy: PathPolicy = DEFAULT_PATH_POLICY,
 ) -> Outcome:
     """The outcome of `data`, checked to be the same under every splitting."""
     outcomes = {
-        name: drive(pieces, limits, refuse_underscore=refuse_underscore, eof=eof)
+        name: drive(
+            pieces, limits, refuse_underscore=refuse_underscore, eof=eof, path_policy=path_policy
+        )
         for name, pieces in splittings(data).items()
     }
     reference = outcomes["whole"]
@@ -514,14 +521,14 @@ def test_empty_lines_then_eof_is_a_clean_close() -> None:
     ("method", "target", "raw_path", "path", "query"),
     [
         (b"GET", b"/a/b?x=1&y=2", b"/a/b", b"/a/b", b"x=1&y=2"),
-        (b"GET", b"/a%20b/%2F?q=%20", b"/a%20b/%2F", b"/a b//", b"q=%20"),
+        (b"GET", b"/a%20b/%41?q=%20", b"/a%20b/%41", b"/a b/A", b"q=%20"),
         (b"GET", b"/page?q=1#frag", b"/page", b"/page", b"q=1"),
         (b"GET", b"///x", b"///x", b"///x", b""),
         (b"OPTIONS", b"*", b"*", b"*", b""),
         (b"GET", b"http://example.com/foo?q=1", b"/foo", b"/foo", b"q=1"),
         (b"GET", b"https://example.com", b"/", b"/", b""),
         (b"GET", b"http://[::1]:8080/foo", b"/foo", b"/foo", b""),
-        (b"GET", b"http://u:p@example.com:8080/f?q", b"/f", b"/f", b"q"),
+        (b"GET", b"http://example.com:8080?q", b"/", b"/", b"q"),
     ],
 )
 def test_accepted_targets(
@@ -591,6 +598,15 @@ REFUSALS: list[tuple[str, bytes, str, Limits | None, int]] = [
     ("asterisk-get", get(b"Host: x", target=b"*"), "invalid_target", None, 0),
     ("authority-get", get(b"Host: x", target=b"example.com:443"), "invalid_target", None, 0),
     ("relative", get(b"Host: x", target=b"foo/bar"), "invalid_target", None, 0),
+    ("absolute-userinfo", get(b"Host: x", target=b"http://u:p@example.com/"), "invalid_target", None, 0),
+    ("absolute-bad-authority", get(b"Host: x", target=b"s://]ufd/:"), "invalid_target", None, 0),
+    # The path policy (every case: docs/paths.md and test_paths.py).
+    ("path-climbs", get(b"Host: x", target=b"/a/../../x"), "path_escapes_root", None, 0),
+    ("path-bad-escape", get(b"Host: x", target=b"/a%zz"), "path_bad_escape", None, 0),
+    ("path-encoded-slash", get(b"Host: x", target=b"/a%2Fb"), "path_encoded_slash", None, 0),
+    ("path-backslash", get(b"Host: x", target=b"/a%5Cb"), "path_backslash", None, 0),
+    ("path-nul", get(b"Host: x", target=b"/a%00"), "path_control_char", None, 0),
+    ("path-overlong", get(b"Host: x", target=b"/%C0%AE%C0%AE/"), "path_overlong_utf8", None, 0),
     ("connect", b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", "method_not_supported", None, 0),
     ("connect-ipv6", b"CONNECT [::1]:443 HTTP/1.1\r\nHost: x\r\n\r\n", "method_not_supported", None, 0),
     # Header fields.
@@ -899,6 +915,12 @@ EXPECTED_STATUS = {
     "multiple_host": 400,
     "invalid_host": 400,
     "invalid_target": 400,
+    "path_escapes_root": 400,
+    "path_bad_escape": 400,
+    "path_encoded_slash": 400,
+    "path_backslash": 400,
+    "path_control_char": 400,
+    "path_overlong_utf8": 400,
     "method_not_supported": 501,
     "duplicate_field": 400,
     "underscore_header": 400,

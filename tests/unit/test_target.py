@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hardserve.http.target import Target, TargetError, parse_target
+from hardserve.http.target import TargetError, decode_path, parse_target
 
 
 @pytest.mark.parametrize(
@@ -19,11 +19,12 @@ from hardserve.http.target import Target, TargetError, parse_target
         (b"/a#frag?not-a-query", b"/a", b""),
         (b"///keeping_slashes", b"///keeping_slashes", b""),
         (b'/with_"quotes"?foo="bar"', b'/with_"quotes"', b'foo="bar"'),
-        (b"/%2e%2e/x", b"/%2e%2e/x", b""),
+        (b"/a/../b", b"/a/../b", b""),
     ],
 )
 def test_origin_form(target: bytes, raw_path: bytes, query: bytes) -> None:
-    assert parse_target(b"GET", target) == Target(raw_path, query)
+    parsed = parse_target(b"GET", target)
+    assert (parsed.raw_path, parsed.query, parsed.authority) == (raw_path, query, None)
 
 
 @pytest.mark.parametrize(
@@ -31,20 +32,17 @@ def test_origin_form(target: bytes, raw_path: bytes, query: bytes) -> None:
     [
         (b"/plain", b"/plain"),
         (b"/a%20b", b"/a b"),
-        (b"/a%2Fb", b"/a/b"),
         (b"/caf%C3%A9", b"/caf\xc3\xa9"),
         (b"/%e2%82%ac", b"/\xe2\x82\xac"),
-        (b"/100%", b"/100%"),
-        (b"/%zz%4", b"/%zz%4"),
-        (b"/%2e%2e/x", b"/../x"),
+        (b"/%41%42", b"/AB"),
         (b"/a+b", b"/a+b"),
-        (b"/\xc3\xa0%20k", b"/\xc3\xa0 k"),
+        (b"/%2541", b"/%41"),  # decoded exactly once
     ],
 )
-def test_path_is_percent_decoded_to_bytes(raw_path: bytes, path: bytes) -> None:
-    target = Target(raw_path, b"")
-    assert target.path == path
-    assert target.raw_path == raw_path
+def test_path_is_percent_decoded_once_to_bytes(raw_path: bytes, path: bytes) -> None:
+    assert decode_path(raw_path) == path
+    parsed = parse_target(b"GET", raw_path)
+    assert (parsed.raw_path, parsed.path) == (raw_path, path)
 
 
 def test_query_is_not_decoded() -> None:
@@ -52,29 +50,40 @@ def test_query_is_not_decoded() -> None:
 
 
 def test_asterisk_form_is_for_options_only() -> None:
-    assert parse_target(b"OPTIONS", b"*") == Target(b"*", b"")
+    parsed = parse_target(b"OPTIONS", b"*")
+    assert (parsed.raw_path, parsed.path, parsed.query) == (b"*", b"*", b"")
     for method in (b"GET", b"POST", b"options"):
         with pytest.raises(TargetError, match="OPTIONS"):
             parse_target(method, b"*")
 
 
 @pytest.mark.parametrize(
-    ("target", "raw_path", "query"),
+    ("target", "raw_path", "query", "authority"),
     [
-        (b"http://example.com/foo?q=1", b"/foo", b"q=1"),
-        (b"https://example.com/foo", b"/foo", b""),
-        (b"http://example.com", b"/", b""),
-        (b"http://example.com?q", b"/", b"q"),
-        (b"http://example.com#f", b"/", b""),
-        (b"HTTP://EXAMPLE.COM/A", b"/A", b""),
-        (b"http://[::1]:8080/foo", b"/foo", b""),
-        (b"http://user:pass@example.com:8080/foo?q=1", b"/foo", b"q=1"),
-        (b"http://example.com//a", b"//a", b""),
+        (b"http://example.com/foo?q=1", b"/foo", b"q=1", b"example.com"),
+        (b"https://example.com/foo", b"/foo", b"", b"example.com"),
+        (b"http://example.com", b"/", b"", b"example.com"),
+        (b"http://example.com?q", b"/", b"q", b"example.com"),
+        (b"http://example.com#f", b"/", b"", b"example.com"),
+        (b"HTTP://EXAMPLE.COM/A", b"/A", b"", b"EXAMPLE.COM"),
+        (b"http://[::1]:8080/foo", b"/foo", b"", b"[::1]:8080"),
+        (b"http://example.com//a", b"//a", b"", b"example.com"),
     ],
 )
-def test_absolute_form(target: bytes, raw_path: bytes, query: bytes) -> None:
-    assert parse_target(b"GET", target) == Target(raw_path, query)
-    assert parse_target(b"OPTIONS", target) == Target(raw_path, query)
+def test_absolute_form(target: bytes, raw_path: bytes, query: bytes, authority: bytes) -> None:
+    for method in (b"GET", b"OPTIONS"):
+        parsed = parse_target(method, target)
+        assert (parsed.raw_path, parsed.query, parsed.authority) == (raw_path, query, authority)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"http://user:pass@example.com:8080/foo", b"http://@example.com/", b"ftp://example.com/x"],
+)
+def test_absolute_form_with_userinfo_or_another_scheme_is_refused(target: bytes) -> None:
+    with pytest.raises(TargetError) as caught:
+        parse_target(b"GET", target)
+    assert caught.value.code == "invalid_target"
 
 
 @pytest.mark.parametrize(

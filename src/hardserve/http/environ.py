@@ -74,6 +74,10 @@ def build_environ(
             # (RFC 6265 section 5.4), the form cookie parsers expect.
             text = previous + ("; " if name == b"cookie" else ", ") + text
         environ[key] = text
+    if target.authority is not None:
+        # RFC 9112 section 3.2.2: with an absolute-form target, its authority is the host and
+        # the Host field is ignored.
+        environ["HTTP_HOST"] = target.authority.decode("latin-1")
     if head.chunked:
         # The length is unknown until the last chunk; wsgi.input_terminated tells apps to read
         # to the end instead.

@@ -24,7 +24,13 @@ import h11
 from hardserve.http import reasons
 from hardserve.http.limits import Limits
 from hardserve.http.reasons import Reason
-from hardserve.http.target import Target, TargetError, parse_target
+from hardserve.http.target import (
+    DEFAULT_PATH_POLICY,
+    PathPolicy,
+    Target,
+    TargetError,
+    parse_target,
+)
 
 _CR: Final = 13
 _LF: Final = 10
@@ -193,8 +199,15 @@ _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _DONE, _REFUSE
 class RequestParser:
     """One connection's request stream. Feed bytes; pull events until NEED_DATA or PAUSED."""
 
-    def __init__(self, limits: Limits, *, refuse_underscore_headers: bool = False) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        *,
+        refuse_underscore_headers: bool = False,
+        path_policy: PathPolicy = DEFAULT_PATH_POLICY,
+    ) -> None:
         self._limits = limits
+        self._path_policy = path_policy
         self._refuse_underscore = refuse_underscore_headers
         self._buf = bytearray()
         self._eof = False
@@ -426,9 +439,9 @@ class RequestParser:
         if method == b"CONNECT":
             return self._refuse(reasons.METHOD_NOT_SUPPORTED, "CONNECT")
         try:
-            target = parse_target(method, raw_target)
+            target = parse_target(method, raw_target, self._path_policy)
         except TargetError as exc:
-            return self._refuse(reasons.INVALID_TARGET, str(exc))
+            return self._refuse(reasons.by_code(exc.code), str(exc))
 
         # The second reading: h11 parses the same header section with its own grammar. A head
         # that passes our policy and fails h11 is refused too; the two must agree.

@@ -54,6 +54,12 @@ INVALID_HOST = _reason("invalid_host", 400, "Host is not a valid host[:port]")
 INVALID_TARGET = _reason("invalid_target", 400, "request-target form not allowed for the method")
 METHOD_NOT_SUPPORTED = _reason("method_not_supported", 501, "CONNECT cannot be served by WSGI")
 DUPLICATE_FIELD = _reason("duplicate_field", 400, "a single-valued field sent twice")
+PATH_ESCAPES_ROOT = _reason("path_escapes_root", 400, "dot segments climb above the root")
+PATH_BAD_ESCAPE = _reason("path_bad_escape", 400, "'%' not followed by two hex digits")
+PATH_ENCODED_SLASH = _reason("path_encoded_slash", 400, "encoded slash %2F in the path")
+PATH_BACKSLASH = _reason("path_backslash", 400, "backslash (raw or %5C) in the path")
+PATH_CONTROL_CHAR = _reason("path_control_char", 400, "control character in the decoded path")
+PATH_OVERLONG_UTF8 = _reason("path_overlong_utf8", 400, "overlong UTF-8 in the decoded path")
 UNDERSCORE_HEADER = _reason("underscore_header", 400, "header name with '_' (refused by setting)")
 
 # Body framing.

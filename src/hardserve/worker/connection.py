@@ -99,7 +99,9 @@ class HttpConnection(asyncio.Protocol):
         self._limits = shared.config.limits
         self._pool = shared.pool
         self._parser = RequestParser(
-            self._limits, refuse_underscore_headers=shared.config.underscore_headers == "refuse"
+            self._limits,
+            refuse_underscore_headers=shared.config.underscore_headers == "refuse",
+            path_policy=shared.path_policy,
         )
         self._transport: asyncio.Transport | None = None
         self._peer: tuple[str, int] | None = None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from hardserve.http.parser import RequestHead
 from hardserve.http.reasons import Reason
 from hardserve.http.response import ResponseFramer
+from hardserve.http.target import PathPolicy
 from hardserve.worker.call import WsgiApp
 from hardserve.worker.connection import HttpConnection
 from hardserve.worker.fixed_headers import FixedHeaders
@@ -30,6 +31,10 @@ class WorkerShared:
         self.pool = pool
         self.wsgi_errors = wsgi_errors
         self.fixed_headers = FixedHeaders(config.server_header or None)
+        self.path_policy = PathPolicy(
+            allow_encoded_slash=config.path_encoded_slash == "allow",
+            allow_backslash=config.path_backslash == "allow",
+        )
         self.connections: set[HttpConnection] = set()
         self.stopping = False
         self.requests_total = 0
