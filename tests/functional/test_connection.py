@@ -268,7 +268,10 @@ def test_a_refusal_inside_a_body_is_logged_once(caplog: pytest.LogCaptureFixture
     assert "reason=forbidden_trailer " in refusals[0].getMessage()
 
 
-def test_a_queued_request_whose_client_left_is_not_run() -> None:
+def test_a_queued_request_whose_client_reset_is_withdrawn_at_once() -> None:
+    """One thread, one queue slot: the blocker runs, the leaver waits in the slot and resets.
+    Its slot must be free at once (a third client is queued, not refused with 503) and its
+    app call must never run."""
     release = threading.Event()
     entered = threading.Event()
     ran: list[str] = []
@@ -281,28 +284,31 @@ def test_a_queued_request_whose_client_left_is_not_run() -> None:
         start_response("200 OK", [])
         return [b"ok"]
 
-    with serve(app, threads=1) as server:
+    with serve(app, threads=1, pool_queue_max=1) as server:
         blocker = server.connect()
+        after = server.connect()
         try:
             blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
             assert entered.wait(TIMEOUT_S)
             leaver = server.connect()
             leaver.sendall(b"GET /abandoned HTTP/1.1\r\nHost: x\r\n\r\n")
-            connections = server.worker.shared.connections  # type: ignore[union-attr]
-            assert wait_until(lambda: len(connections) == 2)
+            pool = server.worker.shared.pool  # type: ignore[union-attr]
+            assert wait_until(lambda: pool.in_flight == 2)
             # Hang up with a reset (a closed tab, a proxy giving up), not a half-close: a client
             # may half-close after its request and still wait for the answer.
             leaver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             leaver.close()
-            assert wait_until(lambda: len(connections) == 1)
+            assert wait_until(lambda: pool.in_flight == 1)
+            after.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert wait_until(lambda: pool.in_flight == 2)
             release.set()
             read_responses(blocker, 1)
-            responses, _ = exchange(server, b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert responses[0].body == b"ok"
+            responses, _ = read_responses(after, 1)
+            assert [r.status for r in responses] == [200]
         finally:
             release.set()
             blocker.close()
-    assert "/abandoned" not in ran
+            after.close()
     assert ran == ["/block", "/after"]
 
 

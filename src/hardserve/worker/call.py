@@ -42,9 +42,6 @@ class ClientGone(Exception):
 class ResponseSink(Protocol):
     can_sendfile: bool
 
-    @property
-    def closed(self) -> bool: ...
-
     def send(self, data: Output) -> None: ...
     def finish(self, data: Output, keep_alive: bool, outcome: str) -> None: ...
     def abort(self, outcome: str) -> None: ...
@@ -86,6 +83,7 @@ class FileWrapper:
 class WsgiCall:
     __slots__ = (
         "_app",
+        "_claim",
         "_environ",
         "_framer",
         "_head_sent",
@@ -104,6 +102,17 @@ class WsgiCall:
         # (code, status line, encoded headers, Content-Length, APP_SET_* bits)
         self._status: tuple[int, bytes, list[tuple[bytes, bytes]], int | None, int] | None = None
         self._head_sent = False
+        # Taken once, by the pool thread that starts the call or by the loop that cancels it
+        # first; list.pop is atomic, so exactly one of them wins.
+        self._claim = [True]
+
+    def cancel(self) -> bool:
+        """On the loop: withdraw a call no thread has started. True if it was withdrawn."""
+        try:
+            self._claim.pop()
+        except IndexError:
+            return False
+        return True
 
     # -- the WSGI callables ------------------------------------------------------------------
 
@@ -158,11 +167,10 @@ class WsgiCall:
     # -- the call ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        if self._sink.closed:
-            # The client hung up while the request waited for a thread: nobody can receive the
-            # answer, so the app is not run and the thread goes to a request that has a client.
-            self._sink.abort("client_gone_before_start")
-            return
+        try:
+            self._claim.pop()
+        except IndexError:
+            return  # withdrawn by the loop: the client left while the call was queued
         result: Iterable[bytes] | None = None
         try:
             result = self._app(self._environ, self.start_response)

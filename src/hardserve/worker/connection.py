@@ -132,17 +132,12 @@ class HttpConnection(asyncio.Protocol):
         self._started_at = 0.0
         self._framer: ResponseFramer | None = None
         self._input: InputStream | None = None
+        self._call: WsgiCall | None = None
         self.requests_served = 0
 
     @property
     def peer(self) -> tuple[str, int] | None:
         return self._peer
-
-    @property
-    def closed(self) -> bool:
-        """The connection is gone (read by the app's thread; a stale False only means the app
-        runs for a client that has just left, as it would have a moment earlier)."""
-        return self._closing
 
     @property
     def idle(self) -> bool:
@@ -191,6 +186,7 @@ class HttpConnection(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._withdraw_queued_call()
         self._closing = True
         self._drop_timer()
         self._gate.close()
@@ -316,7 +312,28 @@ class HttpConnection(asyncio.Protocol):
         if not self._pool.submit(call.run):
             self._refuse_now(reasons.POOL_SATURATED, "pool saturated", b"", retry_after=1)
             return
+        self._call = call
         self._call_active = True
+
+    def _withdraw_queued_call(self) -> bool:
+        """The connection was lost (reset, error) while its request still waited for a pool
+        thread: withdraw the call at once, so its slot goes to a client that is still there.
+        A half-close does not count: a client may shut down its sending side after the request
+        (`printf ... | nc -N`) and still read the answer. A call already running finishes."""
+        call = self._call
+        if not self._call_active or call is None or not call.cancel():
+            return False
+        self._call_active = False
+        self._pool.job_done()
+        head = self._head
+        if head is not None:
+            self._shared.request_finished(self, head, self._framer, "client_gone_before_start", 0.0)
+        if not self._closing:
+            self._closing = True
+            self._gate.close()
+            if self._transport is not None:
+                self._transport.close()
+        return True
 
     def _request_continue(self) -> None:
         """On the app's thread, at its first wsgi.input read."""
