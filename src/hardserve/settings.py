@@ -160,7 +160,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
-_LIMIT_HELP = "Limit (see docs/limits): "
+_LIMIT_HELP = "Limit (docs/limits.md): "
 
 # The sizes below which the server cannot serve ordinary requests. One floor for all of them,
 # 1 KiB: a usual request line, a Host, User-Agent or Cookie field, a chunk-size line with an

@@ -337,3 +337,14 @@ def test_path_policy_end_to_end(
     assert responses[0].status == status
     assert seen == ([] if path_info is None else [path_info])
     assert closed == (status == 400)
+
+
+@pytest.mark.parametrize(("limit", "answered"), [(3, 3), (4, 4), (1, 1)])
+def test_keep_alive_requests_per_connection_are_capped(limit: int, answered: int) -> None:
+    with serve(echo_path, limits=Limits(keepalive_requests_max=limit)) as server:
+        raw = b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n" * 4
+        responses, closed = exchange(server, raw, answered)
+    assert len(responses) == answered
+    assert responses[-1].header("Connection") == ("close" if answered == limit else None)
+    assert all(r.header("Connection") is None for r in responses[:-1])
+    assert closed == (answered == limit)

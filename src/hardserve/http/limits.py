@@ -47,6 +47,12 @@ class Limits:
     # the connection can be kept; more than that and the connection is closed instead.
     drain_max_bytes: int = 65536
 
+    # Requests served on one keep-alive connection; the last one's response says
+    # Connection: close. nginx keepalive_requests 1000 (it frees per-connection memory that grows
+    # with use); gunicorn and waitress have none. Bounds how long one client can hold a
+    # connection slot in a busy worker.
+    keepalive_requests_max: int = 1000
+
     # Bytes of pipelined requests held while an earlier request of the connection is in the
     # app. Past it the worker stops reading the socket.
     pipeline_buffer_bytes: int = 65536

@@ -365,8 +365,11 @@ class HttpConnection(asyncio.Protocol):
 
     def response_must_close(self) -> bool:
         """On the app's thread, as the head is written: True when the connection will not be
-        reused because the request body cannot be skipped cheaply. Saying so in the head lets
-        the client know before it sends its next request into a closing connection."""
+        reused, because it has served its share of requests or because the request body
+        cannot be skipped cheaply. Saying so in the head lets the client know before it sends
+        its next request into a closing connection."""
+        if self.requests_served + 1 >= self._limits.keepalive_requests_max:
+            return True  # the connection's last request
         head = self._head
         stream = self._input
         if head is None or not head.has_body or stream is None or stream.at_end:
