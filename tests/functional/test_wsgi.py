@@ -24,6 +24,7 @@ from tests.helpers import (
     read_responses,
     serve,
     server_closed,
+    wait_until,
 )
 
 App = Any
@@ -691,3 +692,34 @@ def test_large_bodies_arrive_intact(shape: str) -> None:
         assert not closed
     expected_framing = "chunked" if shape == "generator" else None
     assert responses[0].header("Transfer-Encoding") == expected_framing
+
+
+def test_a_request_past_the_request_timeout_logs_its_stack_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release = threading.Event()
+
+    def hang_here_waiting_for_a_lock() -> None:
+        release.wait(TIMEOUT_S)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        hang_here_waiting_for_a_lock()
+        start_response("200 OK", [])
+        return [b"late"]
+
+    caplog.set_level(logging.ERROR, logger="hardserve.error")
+
+    def reports() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "request running for more than" in r.getMessage()]
+
+    with serve(app, limits=Limits(request_timeout_s=0.1)) as server, server.connect() as sock:
+        sock.sendall(b"GET /slow?q=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_until(lambda: bool(reports()))
+        # Several more checks pass while the request still hangs: it is reported once only.
+        assert not wait_until(lambda: len(reports()) > 1, timeout_s=0.5)
+        release.set()
+        responses, _ = read_responses(sock, 1)
+    assert responses[0].body == b"late"
+    (report,) = reports()
+    assert "GET '/slow?q=1'" in report
+    assert "hang_here_waiting_for_a_lock" in report

@@ -77,5 +77,11 @@ class Limits:
     # lingering_time 30 s, lingering_timeout 5 s; Apache 2 s).
     linger_timeout_s: float = 2.0
 
+    # A request still in the app after this many seconds gets one error-log line with its
+    # request line and the stack of the thread running it, so an operator sees where it hangs.
+    # Logged, not killed: a thread cannot be stopped safely (the supervisor decides on
+    # recycling). gunicorn --timeout 30 kills the whole worker, with no trace of what it did.
+    request_timeout_s: float = 30.0
+
     # The app's thread waits at most this long for a slow reader to take queued response bytes.
     write_timeout_s: float = 30.0

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Protocol
@@ -89,7 +91,9 @@ class WsgiCall:
         "_head_sent",
         "_sink",
         "_status",
-        "request_line",
+        "overdue_reported",
+        "started_at",
+        "thread_id",
     )
 
     def __init__(
@@ -105,6 +109,15 @@ class WsgiCall:
         # Taken once, by the pool thread that starts the call or by the loop that cancels it
         # first; list.pop is atomic, so exactly one of them wins.
         self._claim = [True]
+        # Set when a pool thread starts the call; read by the worker's request-timeout check.
+        self.thread_id = 0
+        self.started_at = 0.0
+        self.overdue_reported = False
+
+    @property
+    def request_line(self) -> str:
+        environ = self._environ
+        return f"{environ.get('REQUEST_METHOD', '')} {environ.get('RAW_URI', '')[:200]!r}"
 
     def cancel(self) -> bool:
         """On the loop: withdraw a call no thread has started. True if it was withdrawn."""
@@ -171,6 +184,8 @@ class WsgiCall:
             self._claim.pop()
         except IndexError:
             return  # withdrawn by the loop: the client left while the call was queued
+        self.started_at = time.monotonic()
+        self.thread_id = threading.get_ident()
         result: Iterable[bytes] | None = None
         try:
             result = self._app(self._environ, self.start_response)

@@ -140,6 +140,14 @@ class HttpConnection(asyncio.Protocol):
         return self._peer
 
     @property
+    def running_call(self) -> WsgiCall | None:
+        """The call a pool thread is running for this connection, if any."""
+        call = self._call
+        if self._call_active and call is not None and call.thread_id:
+            return call
+        return None
+
+    @property
     def idle(self) -> bool:
         return not self._call_active and self._head is None
 

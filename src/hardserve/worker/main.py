@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from hardserve.worker.call import WsgiApp
@@ -77,6 +78,7 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self._stop.set)
         date_timer = self._tick_date(loop, shared)
+        overdue_timer = self._watch_overdue(loop, shared)
         for sock in self.sockets:
             _log.info("listening at %s", _describe(sock))
         self.ready.set()
@@ -88,8 +90,24 @@ class Worker:
         if not drained:
             _log.warning("graceful timeout: %d connections cut", len(shared.connections))
         date_timer[0].cancel()
+        overdue_timer[0].cancel()
         pool.stop(timeout=1.0)
         return 0
+
+    def _watch_overdue(
+        self, loop: asyncio.AbstractEventLoop, shared: WorkerShared
+    ) -> list[asyncio.TimerHandle]:
+        # Checked a few times per timeout (at most once a second): a report may come up to a
+        # quarter of the timeout late, which is what an operator reading the log can tell apart.
+        interval = min(1.0, max(shared.config.limits.request_timeout_s / 4, 0.01))
+        handle: list[asyncio.TimerHandle] = []
+
+        def check() -> None:
+            shared.report_overdue_requests(time.monotonic())
+            handle[:] = [loop.call_later(interval, check)]
+
+        handle.append(loop.call_later(interval, check))
+        return handle
 
     def _tick_date(
         self, loop: asyncio.AbstractEventLoop, shared: WorkerShared

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
+import traceback
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from hardserve.http.parser import RequestHead
@@ -71,6 +74,29 @@ class WorkerShared:
                 framer.sent_body_bytes if framer is not None else 0,
                 duration_s,
                 outcome,
+            )
+
+    def report_overdue_requests(self, now: float) -> None:
+        """Log, once per request, every request running longer than request_timeout_s, with the
+        stack of the thread that runs it."""
+        timeout = self.config.limits.request_timeout_s
+        frames: dict[int, FrameType] | None = None
+        for connection in self.connections:
+            call = connection.running_call
+            if call is None or call.overdue_reported or now - call.started_at < timeout:
+                continue
+            call.overdue_reported = True
+            if frames is None:
+                frames = sys._current_frames()
+            frame = frames.get(call.thread_id)
+            stack = "".join(traceback.format_stack(frame)) if frame is not None else "(finished)\n"
+            peer = connection.peer
+            _error_log.error(
+                "request running for more than %g s: %s from %s; its thread's stack:\n%s",
+                timeout,
+                call.request_line,
+                f"{peer[0]}:{peer[1]}" if peer else "-",
+                stack.rstrip(),
             )
 
     def refused(self, reason: Reason) -> None:
