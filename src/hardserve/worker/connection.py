@@ -675,7 +675,11 @@ class HttpConnection(asyncio.Protocol):
         # before it reads it (a 413 sent while the client is still uploading, for one). So
         # shut down our sending side after the response, and read and discard what the client
         # still sends, until it closes or the linger time passes.
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:  # the peer is already gone (the standard loop raises ENOTCONN)
+            transport.close()
+            return
         if self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()

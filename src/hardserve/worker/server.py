@@ -106,7 +106,10 @@ class WorkerShared:
         """Close idle connections, let busy ones finish their response; True if all closed."""
         self.stopping = True
         for connection in list(self.connections):
-            connection.close_when_idle()
+            try:
+                connection.close_when_idle()
+            except Exception:  # one broken connection must not stop the others' drain
+                _error_log.exception("error closing a connection during shutdown")
         if not self.connections:
             return True
         self._all_closed = asyncio.Event()
