@@ -723,3 +723,24 @@ def test_a_request_past_the_request_timeout_logs_its_stack_once(
     (report,) = reports()
     assert "GET '/slow?q=1'" in report
     assert "hang_here_waiting_for_a_lock" in report
+
+
+def test_a_stalled_upload_fails_the_apps_read_after_the_body_idle_timeout() -> None:
+    errors: list[BaseException] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        try:
+            environ["wsgi.input"].read()
+        except OSError as exc:
+            errors.append(exc)
+            raise  # let it propagate: the server answers for the body
+        start_response("200 OK", [])
+        return [b"never"]
+
+    with serve(app, limits=Limits(body_idle_timeout_s=0.2)) as server, server.connect() as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+        responses, closed = read_responses(sock, 1, method=b"POST")
+    assert responses[0].status == 408
+    assert b"body_timeout" in responses[0].body
+    assert closed
+    assert len(errors) == 1 and "no request body received" in str(errors[0])
