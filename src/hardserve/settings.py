@@ -175,6 +175,7 @@ _LIMIT_MINIMUMS: dict[str, int] = {
     "chunk_line_max_bytes": 1024,
     "body_buffer_bytes": 1024,
     "write_buffer_bytes": 1024,
+    "write_queue_bytes": 1024,
 }
 _LIMIT_MAXIMUMS: dict[str, int] = {
     "write_buffer_bytes": _C_INT_MAX,  # uvloop's set_write_buffer_limits takes a C int

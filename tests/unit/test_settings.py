@@ -275,6 +275,7 @@ SIZE_MINIMUMS = {
     "chunk_line_max_bytes": 1024,
     "body_buffer_bytes": 1024,
     "write_buffer_bytes": 1024,
+    "write_queue_bytes": 1024,
 }
 
 

@@ -109,7 +109,7 @@ class HttpConnection(asyncio.Protocol):
         self._url_scheme = "http"
         self._socket_fd = -1
         self.can_sendfile = False
-        self._gate = WriteGate(self._limits.write_buffer_bytes)
+        self._gate = WriteGate(self._limits.write_queue_bytes)
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
