@@ -348,3 +348,38 @@ def test_keep_alive_requests_per_connection_are_capped(limit: int, answered: int
     assert responses[-1].header("Connection") == ("close" if answered == limit else None)
     assert all(r.header("Connection") is None for r in responses[:-1])
     assert closed == (answered == limit)
+
+
+def test_a_request_half_closed_while_queued_is_served_without_holding_its_slot() -> None:
+    """One thread, one queue slot: the blocker runs; the half-closer's request waits in the
+    slot, then its client shuts down its sending side. The slot is given back (a third client
+    is queued, not refused with 503), and the half-closer still gets its answer."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/block":
+            entered.set()
+            release.wait(TIMEOUT_S)
+        start_response("200 OK", [])
+        return [environ["PATH_INFO"].encode()]
+
+    with serve(app, threads=1, pool_queue_max=1) as server:
+        blocker, half, third = server.connect(), server.connect(), server.connect()
+        try:
+            blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert entered.wait(TIMEOUT_S)
+            pool = server.worker.shared.pool  # type: ignore[union-attr]
+            half.sendall(b"GET /half HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert wait_until(lambda: pool.in_flight == 2)
+            half.shutdown(socket.SHUT_WR)
+            assert wait_until(lambda: pool.in_flight == 1)
+            third.sendall(b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert wait_until(lambda: pool.in_flight == 2)
+            release.set()
+            bodies = [read_responses(sock, 1)[0][0].body for sock in (blocker, half, third)]
+            assert bodies == [b"/block", b"/half", b"/third"]
+        finally:
+            release.set()
+            for sock in (blocker, half, third):
+                sock.close()

@@ -133,6 +133,7 @@ class HttpConnection(asyncio.Protocol):
         self._framer: ResponseFramer | None = None
         self._input: InputStream | None = None
         self._call: WsgiCall | None = None
+        self._slot_held = False  # this connection's call counts against the pool's limit
         self.requests_served = 0
 
     @property
@@ -188,6 +189,14 @@ class HttpConnection(asyncio.Protocol):
         self._peer_eof = True
         if self._closing:
             return False  # lingering after our last response: the client is done too
+        call = self._call
+        if self._call_active and call is not None and not call.thread_id:
+            # Half-closed while its request waits for a thread. The client may still read the
+            # answer (`printf ... | nc -N`), so the request is served; but most such clients
+            # have left, and their requests must not make live clients get 503: the slot is
+            # given back now. The queue may then hold more than pool_queue_max, by at most the
+            # number of half-closed connections.
+            self._release_slot()
         self._parser.feed_eof()
         self._process()
         # Keep our side open: a client may half-close after its request and still read the answer.
@@ -322,6 +331,13 @@ class HttpConnection(asyncio.Protocol):
             return
         self._call = call
         self._call_active = True
+        self._slot_held = True
+
+    def _release_slot(self) -> None:
+        """Give the call's admission slot back to the pool, once."""
+        if self._slot_held:
+            self._slot_held = False
+            self._pool.job_done()
 
     def _withdraw_queued_call(self) -> bool:
         """The connection was lost (reset, error) while its request still waited for a pool
@@ -332,7 +348,7 @@ class HttpConnection(asyncio.Protocol):
         if not self._call_active or call is None or not call.cancel():
             return False
         self._call_active = False
-        self._pool.job_done()
+        self._release_slot()
         head = self._head
         if head is not None:
             self._shared.request_finished(self, head, self._framer, "client_gone_before_start", 0.0)
@@ -463,7 +479,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _loop_finish(self, data: Output, keep_alive: bool, outcome: str) -> None:
         self._call_active = False
-        self._pool.job_done()
+        self._release_slot()
         transport = self._transport
         head = self._head
         if transport is None or self._closing or head is None:
@@ -499,7 +515,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _loop_abort(self, outcome: str) -> None:
         self._call_active = False
-        self._pool.job_done()
+        self._release_slot()
         head = self._head
         if head is not None:
             self._shared.request_finished(
