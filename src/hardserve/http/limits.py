@@ -64,7 +64,7 @@ class Limits:
     # Response bytes the app's thread may hand to the loop ahead of the transport before it
     # waits. Only threads that are writing hold such a queue, so the memory it can take is
     # threads x this, not connections x this. At 64 KiB a streaming app waited for the loop
-    # after every 64 KiB piece; at 256 KiB a 1 MiB chunked stream cost 35 % less CPU
+    # after every 64 KiB piece; at 256 KiB a 1 MiB chunked stream cost 35 to 45 % less CPU
     # (bench/RESULTS.md).
     write_queue_bytes: int = 262144
 
