@@ -7,6 +7,7 @@ import logging
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from hardserve.http.limits import Limits
 from tests.helpers import (
     TIMEOUT_S,
+    RunningServer,
     both_loops,  # noqa: F401 - a fixture
     exchange,
     read_responses,
@@ -166,34 +168,6 @@ def test_body_over_the_limit_is_refused_before_any_body_byte() -> None:
     assert calls == ["called"]
 
 
-def test_pool_saturated_gets_503_with_retry_after_at_once() -> None:
-    release = threading.Event()
-    entered = threading.Event()
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        if environ["PATH_INFO"] == "/block":
-            entered.set()
-            release.wait(TIMEOUT_S)
-        start_response("200 OK", [])
-        return [b"done"]
-
-    with serve(app, threads=1, pool_queue_max=0) as server:
-        blocker = server.connect()
-        try:
-            blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert entered.wait(TIMEOUT_S)
-            responses, closed = exchange(server, b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert responses[0].status == 503
-            assert responses[0].header("Retry-After") == "1"
-            assert not closed
-            release.set()
-            blocked, _ = read_responses(blocker, 1)
-            assert blocked[0].body == b"done"
-        finally:
-            release.set()
-            blocker.close()
-
-
 def test_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
     with (
         serve(echo_path, limits=Limits(keepalive_timeout_s=0.2)) as server,
@@ -221,32 +195,6 @@ def test_client_half_close_after_request_still_gets_the_answer() -> None:
     assert responses[0].body == b"/half|"
 
 
-def test_503_to_a_head_request_has_no_body() -> None:
-    release = threading.Event()
-    entered = threading.Event()
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        entered.set()
-        release.wait(TIMEOUT_S)
-        start_response("200 OK", [])
-        return [b"done"]
-
-    with serve(app, threads=1, pool_queue_max=0) as server:
-        blocker = server.connect()
-        try:
-            blocker.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert entered.wait(TIMEOUT_S)
-            raw = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n" * 2
-            responses, closed = exchange(server, raw, 2, method=b"HEAD")
-            # h11 reads the second answer right after the first: a body would break it.
-            assert [r.status for r in responses] == [503, 503]
-            assert [r.body for r in responses] == [b"", b""]
-            assert not closed
-        finally:
-            release.set()
-            blocker.close()
-
-
 def test_a_refusal_inside_a_body_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         with contextlib.suppress(OSError):  # the body read fails: the server refused the body
@@ -266,50 +214,6 @@ def test_a_refusal_inside_a_body_is_logged_once(caplog: pytest.LogCaptureFixture
     refusals = [r for r in caplog.records if r.name == "hardserve.security"]
     assert len(refusals) == 1
     assert "reason=forbidden_trailer " in refusals[0].getMessage()
-
-
-def test_a_queued_request_whose_client_reset_is_withdrawn_at_once() -> None:
-    """One thread, one queue slot: the blocker runs, the leaver waits in the slot and resets.
-    Its slot must be free at once (a third client is queued, not refused with 503) and its
-    app call must never run."""
-    release = threading.Event()
-    entered = threading.Event()
-    ran: list[str] = []
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        ran.append(environ["PATH_INFO"])
-        if environ["PATH_INFO"] == "/block":
-            entered.set()
-            release.wait(TIMEOUT_S)
-        start_response("200 OK", [])
-        return [b"ok"]
-
-    with serve(app, threads=1, pool_queue_max=1) as server:
-        blocker = server.connect()
-        after = server.connect()
-        try:
-            blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert entered.wait(TIMEOUT_S)
-            leaver = server.connect()
-            leaver.sendall(b"GET /abandoned HTTP/1.1\r\nHost: x\r\n\r\n")
-            pool = server.worker.shared.pool  # type: ignore[union-attr]
-            assert wait_until(lambda: pool.in_flight == 2)
-            # Hang up with a reset (a closed tab, a proxy giving up), not a half-close: a client
-            # may half-close after its request and still wait for the answer.
-            leaver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            leaver.close()
-            assert wait_until(lambda: pool.in_flight == 1)
-            after.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert wait_until(lambda: pool.in_flight == 2)
-            release.set()
-            read_responses(blocker, 1)
-            responses, _ = read_responses(after, 1)
-            assert [r.status for r in responses] == [200]
-        finally:
-            release.set()
-            blocker.close()
-            after.close()
-    assert ran == ["/block", "/after"]
 
 
 @pytest.mark.parametrize(
@@ -350,36 +254,101 @@ def test_keep_alive_requests_per_connection_are_capped(limit: int, answered: int
     assert closed == (answered == limit)
 
 
-def test_a_request_half_closed_while_queued_is_served_without_holding_its_slot() -> None:
-    """One thread, one queue slot: the blocker runs; the half-closer's request waits in the
-    slot, then its client shuts down its sending side. The slot is given back (a third client
-    is queued, not refused with 503), and the half-closer still gets its answer."""
-    release = threading.Event()
-    entered = threading.Event()
+# -- a pool held busy: 503s, withdrawn and half-closed requests -------------------------------
 
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        if environ["PATH_INFO"] == "/block":
-            entered.set()
-            release.wait(TIMEOUT_S)
+
+class BlockingApp:
+    """Requests for /block wait until `release` is set; every other path answers its path."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.ran: list[str] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        path = environ["PATH_INFO"]
+        self.ran.append(path)
+        if path == "/block":
+            self.entered.set()
+            self.release.wait(TIMEOUT_S)
         start_response("200 OK", [])
-        return [environ["PATH_INFO"].encode()]
+        return [path.encode()]
 
-    with serve(app, threads=1, pool_queue_max=1) as server:
-        blocker, half, third = server.connect(), server.connect(), server.connect()
-        try:
-            blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert entered.wait(TIMEOUT_S)
-            pool = server.worker.shared.pool  # type: ignore[union-attr]
+
+@contextlib.contextmanager
+def held_pool(server: RunningServer, app: BlockingApp) -> Iterator[socket.socket]:
+    """The one pool thread busy with /block for the length of the block; yields its socket."""
+    blocker = server.connect()
+    try:
+        blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert app.entered.wait(TIMEOUT_S)
+        yield blocker
+    finally:
+        app.release.set()
+        blocker.close()
+
+
+def test_pool_saturated_gets_503_with_retry_after_at_once() -> None:
+    app = BlockingApp()
+    with serve(app, threads=1, pool_queue_max=0) as server, held_pool(server, app) as blocker:
+        responses, closed = exchange(server, b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert responses[0].status == 503
+        assert responses[0].header("Retry-After") == "1"
+        assert not closed
+        app.release.set()
+        blocked, _ = read_responses(blocker, 1)
+    assert blocked[0].body == b"/block"
+    assert app.ran == ["/block"]  # the refused request never reached the app
+
+
+def test_503_to_a_head_request_has_no_body() -> None:
+    app = BlockingApp()
+    with serve(app, threads=1, pool_queue_max=0) as server, held_pool(server, app):
+        raw = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n" * 2
+        responses, closed = exchange(server, raw, 2, method=b"HEAD")
+    # h11 reads the second answer right after the first: a body would break it.
+    assert [r.status for r in responses] == [503, 503]
+    assert [r.body for r in responses] == [b"", b""]
+    assert not closed
+
+
+def test_a_queued_request_whose_client_reset_is_withdrawn_at_once() -> None:
+    """One thread, one queue slot: the leaver waits in the slot and resets. Its slot must be
+    free at once (a third client is queued, not refused with 503) and its call never run."""
+    app = BlockingApp()
+    with serve(app, threads=1, pool_queue_max=1) as server, held_pool(server, app) as blocker:
+        pool = server.worker.shared.pool  # type: ignore[union-attr]
+        with server.connect() as leaver, server.connect() as after:
+            leaver.sendall(b"GET /abandoned HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert wait_until(lambda: pool.in_flight == 2)
+            # A reset (a closed tab, a proxy giving up), not a half-close: a client may
+            # half-close after its request and still wait for the answer.
+            leaver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            leaver.close()
+            assert wait_until(lambda: pool.in_flight == 1)
+            after.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert wait_until(lambda: pool.in_flight == 2)
+            app.release.set()
+            read_responses(blocker, 1)
+            responses, _ = read_responses(after, 1)
+    assert [r.status for r in responses] == [200]
+    assert app.ran == ["/block", "/after"]
+
+
+def test_a_request_half_closed_while_queued_is_served_without_holding_its_slot() -> None:
+    """One thread, one queue slot: the half-closer's request waits in the slot, then its client
+    shuts down its sending side. The slot is given back (a third client is queued, not refused
+    with 503), and the half-closer still gets its answer."""
+    app = BlockingApp()
+    with serve(app, threads=1, pool_queue_max=1) as server, held_pool(server, app) as blocker:
+        pool = server.worker.shared.pool  # type: ignore[union-attr]
+        with server.connect() as half, server.connect() as third:
             half.sendall(b"GET /half HTTP/1.1\r\nHost: x\r\n\r\n")
             assert wait_until(lambda: pool.in_flight == 2)
             half.shutdown(socket.SHUT_WR)
             assert wait_until(lambda: pool.in_flight == 1)
             third.sendall(b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n")
             assert wait_until(lambda: pool.in_flight == 2)
-            release.set()
+            app.release.set()
             bodies = [read_responses(sock, 1)[0][0].body for sock in (blocker, half, third)]
-            assert bodies == [b"/block", b"/half", b"/third"]
-        finally:
-            release.set()
-            for sock in (blocker, half, third):
-                sock.close()
+    assert bodies == [b"/block", b"/half", b"/third"]
