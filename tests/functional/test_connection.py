@@ -352,3 +352,21 @@ def test_a_request_half_closed_while_queued_is_served_without_holding_its_slot()
             app.release.set()
             bodies = [read_responses(sock, 1)[0][0].body for sock in (blocker, half, third)]
     assert bodies == [b"/block", b"/half", b"/third"]
+
+
+def test_pipelined_bytes_behind_a_running_request_are_bounded() -> None:
+    """While the app holds the first request, the worker keeps at most pipeline_buffer_bytes of
+    what follows and then stops reading: the client can push no more than kernel buffers hold."""
+    app = BlockingApp()
+    request = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+    flood = request * (32 * 1024 * 1024 // len(request))
+    with serve(app, threads=1) as server, held_pool(server, app) as blocker:
+        # Push until the socket has not taken a byte for a second: the server stopped reading.
+        blocker.settimeout(1.0)
+        accepted = 0
+        with contextlib.suppress(TimeoutError):
+            while accepted < len(flood):
+                accepted += blocker.send(flood[accepted : accepted + 1024 * 1024])
+        # Loopback kernel buffers hold a few MiB; the worker itself keeps 64 KiB.
+        assert accepted < 24 * 1024 * 1024, accepted
+        assert server.worker.shared.connections  # type: ignore[union-attr]
