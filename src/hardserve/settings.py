@@ -91,11 +91,15 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "threads",
-        "Pool threads running the app per worker (waitress 4, gunicorn gthread 1).",
+        "Pool threads running the app per worker, 1 to 1024 (waitress 4, gunicorn gthread 1).",
         8,
         int,
         metavar="N",
         minimum=1,
+        # Each thread holds a stack (8 MiB of address space on Linux) and all of them share one
+        # GIL: past a few hundred, more threads only add switching. 1024 leaves room for apps
+        # that mostly wait on I/O while refusing a typo that would start millions.
+        maximum=1024,
     ),
     Setting(
         "pool_queue_max",

@@ -457,3 +457,11 @@ def test_repeatable_values_become_tuples() -> None:
     config = load({"bind": ["127.0.0.1:1"], "pythonpath": ["a", "b"]}, env={})
     assert config.bind == ("127.0.0.1:1",)
     assert config.pythonpath == ("a", "b")
+
+
+def test_threads_have_an_upper_bound() -> None:
+    assert load({"threads": 1024}, env={}).threads == 1024
+    with pytest.raises(SettingError, match="--threads must be at most 1024"):
+        load({"threads": 1025}, env={})
+    with pytest.raises(SettingError, match="--threads must be at most 1024"):
+        load({}, env={"HARDSERVE_THREADS": "100000000000000000000"})
