@@ -172,6 +172,16 @@ def wait_until(predicate: Any, timeout_s: float = TIMEOUT_S) -> bool:
     return True
 
 
+def read_until_close(sock: socket.socket) -> bytes:
+    """Every byte the server sends until it closes (for answers h11 must not parse: cut or
+    close-delimited on purpose)."""
+    sock.settimeout(TIMEOUT_S)
+    received = bytearray()
+    while data := sock.recv(65536):
+        received += data
+    return bytes(received)
+
+
 def server_closed(sock: socket.socket, wait_s: float = 0.2) -> bool:
     """True when the server has closed its side (recv sees EOF or a reset) within wait_s."""
     sock.settimeout(wait_s)

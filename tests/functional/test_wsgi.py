@@ -22,6 +22,7 @@ from tests.helpers import (
     both_loops,  # noqa: F401 - a fixture
     exchange,
     read_responses,
+    read_until_close,
     serve,
     server_closed,
     wait_until,
@@ -279,13 +280,7 @@ def test_exc_info_after_the_head_is_sent_reraises_and_cuts_the_connection() -> N
 
     with serve(app) as server, server.connect() as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        received = b""
-        sock.settimeout(TIMEOUT_S)
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += data
+        received = read_until_close(sock)
     assert received.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"first" in received
     assert b"never" not in received
@@ -335,12 +330,7 @@ def test_app_content_length_shorter_body_closes(caplog: pytest.LogCaptureFixture
 
     with serve(app) as server, server.connect() as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        received = b""
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += data
+        received = read_until_close(sock)
     assert received.endswith(b"\r\n\r\nabc")
     assert any("fewer than its Content-Length" in r.getMessage() for r in caplog.records)
 
@@ -353,12 +343,7 @@ def test_no_length_on_http10_is_close_delimited() -> None:
 
     with serve(app) as server, server.connect() as sock:
         sock.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-        received = b""
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += data
+        received = read_until_close(sock)
     head, _, body = received.partition(b"\r\n\r\n")
     assert b"Transfer-Encoding" not in head
     assert b"Connection: close" in head

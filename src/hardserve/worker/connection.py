@@ -148,10 +148,6 @@ class HttpConnection(asyncio.Protocol):
             return call
         return None
 
-    @property
-    def idle(self) -> bool:
-        return not self._call_active and self._head is None
-
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -612,7 +608,6 @@ class HttpConnection(asyncio.Protocol):
             detail,
             extra={"reason": reason.code, "status": reason.status, "peer": peer},
         )
-        self._shared.refused(reason)
 
     # -- timers and closing ------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from hardserve.http.parser import RequestHead
-from hardserve.http.reasons import Reason
 from hardserve.http.response import ResponseFramer
 from hardserve.http.target import PathPolicy
 from hardserve.worker.call import WsgiApp
@@ -40,8 +39,6 @@ class WorkerShared:
         )
         self.connections: set[HttpConnection] = set()
         self.stopping = False
-        self.requests_total = 0
-        self.refusals_total = 0
         self._all_closed: asyncio.Event | None = None
 
     def connection_opened(self, connection: HttpConnection) -> None:
@@ -60,7 +57,6 @@ class WorkerShared:
         outcome: str,
         duration_s: float,
     ) -> None:
-        self.requests_total += 1
         if _access_log.isEnabledFor(logging.INFO):
             peer = connection.peer
             status = framer.status_code if framer is not None and framer.status_code else 0
@@ -98,9 +94,6 @@ class WorkerShared:
                 f"{peer[0]}:{peer[1]}" if peer else "-",
                 stack.rstrip(),
             )
-
-    def refused(self, reason: Reason) -> None:
-        self.refusals_total += 1
 
     async def drain(self, timeout_s: float) -> bool:
         """Close idle connections, let busy ones finish their response; True if all closed."""
