@@ -897,7 +897,12 @@ def test_a_line_over_its_limit_is_refused_before_its_end_arrives() -> None:
 # -- every refusal the parser can give is tested above ---------------------------------------
 
 # Given by the connection, not by the parser.
-NOT_FROM_THE_PARSER = {"head_timeout", "pool_saturated"}
+# Codes given by the connection, the pool or the proxy layers, not by the request parser.
+NOT_FROM_THE_PARSER = {
+    "head_timeout", "body_timeout", "body_too_slow", "send_timeout", "send_too_slow",
+    "pool_saturated", "client_in_flight", "client_connections",
+    "proxy_header_invalid", "proxy_header_missing", "proxy_peer_untrusted",
+}
 
 EXPECTED_STATUS = {
     "malformed_request_line": 400,

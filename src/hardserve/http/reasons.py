@@ -13,6 +13,8 @@ from http import HTTPStatus
 
 @dataclass(frozen=True, slots=True)
 class Reason:
+    """status 0: nothing can or should be said on the wire; the connection is closed at once."""
+
     code: str
     status: int
     close: bool
@@ -20,7 +22,7 @@ class Reason:
 
     @property
     def phrase(self) -> str:
-        return HTTPStatus(self.status).phrase
+        return HTTPStatus(self.status).phrase if self.status else ""
 
 
 _TABLE: dict[str, Reason] = {}
@@ -80,10 +82,29 @@ INCOMPLETE_HEAD = _reason("incomplete_head", 400, "connection closed inside the 
 
 # Time.
 HEAD_TIMEOUT = _reason("head_timeout", 408, "request head not complete within the head deadline")
+BODY_TIMEOUT = _reason("body_timeout", 408, "no body byte within the body idle timeout")
+BODY_TOO_SLOW = _reason("body_too_slow", 408, "body arriving below the minimum rate")
+SEND_TIMEOUT = _reason("send_timeout", 0, "client read nothing within the write timeout")
+SEND_TOO_SLOW = _reason("send_too_slow", 0, "client reading below the minimum send rate")
+
+# Proxies (PROXY protocol header at the start of a connection, forwarding headers).
+PROXY_HEADER_INVALID = _reason("proxy_header_invalid", 0, "malformed PROXY protocol header")
+PROXY_HEADER_MISSING = _reason(
+    "proxy_header_missing", 0, "PROXY protocol required but the connection did not start with one"
+)
+PROXY_PEER_UNTRUSTED = _reason(
+    "proxy_peer_untrusted", 0, "PROXY protocol header from a peer not in the allow-list"
+)
 
 # Capacity.
 POOL_SATURATED = _reason(
     "pool_saturated", 503, "every pool thread busy and the queue full", close=False
+)
+CLIENT_IN_FLIGHT = _reason(
+    "client_in_flight", 503, "client address has too many requests in flight", close=False
+)
+CLIENT_CONNECTIONS = _reason(
+    "client_connections", 0, "client address has too many open connections"
 )
 
 
