@@ -276,6 +276,9 @@ SIZE_MINIMUMS = {
     "body_buffer_bytes": 1024,
     "write_buffer_bytes": 1024,
     "write_queue_bytes": 1024,
+    "connections_max": 1,
+    "client_connections_max": 1,
+    "client_in_flight_max": 1,
 }
 
 

@@ -92,3 +92,46 @@ class Limits:
 
     # The app's thread waits at most this long for a slow reader to take queued response bytes.
     write_timeout_s: float = 30.0
+
+    # The minimum average rate of a request body, in bytes per second, once `body_rate_grace_s`
+    # has passed: by time t after the body started the client must have sent
+    # (t - grace) x rate bytes, or the upload is cut (408 if no response has started) and the
+    # app's next wsgi.input read raises. Time while the worker is not reading (the app has
+    # not taken the buffered bytes) does not count against the client. Apache
+    # mod_reqtimeout body=20,MinRate=500; gunicorn, waitress, uWSGI have no such rate. 0 turns
+    # the rate off (the idle timeout still applies).
+    body_min_rate_bytes_s: int = 1024
+
+    # Seconds of grace before the body rate is enforced (Apache 20 s before MinRate counts).
+    body_rate_grace_s: float = 10.0
+
+    # The minimum rate at which a client must read a response while the worker waits on it
+    # (the transport's buffer is full or a closing connection still holds unsent bytes). Only
+    # waiting time counts, so a slow app is never blamed on its client. A slow reader below it
+    # is dropped and the app's thread released; a 50 MB response read at 1 KiB/s is not worth
+    # a connection slot for 14 hours. No peer has one; nginx send_timeout 60 s only bounds a
+    # stall. 0 turns it off (write_timeout_s still bounds a stall).
+    send_min_rate_bytes_s: int = 1024
+
+    # Seconds of waiting on a reader before the send rate is enforced.
+    send_rate_grace_s: float = 10.0
+
+    # Open connections per worker. At the limit the worker stops accepting (new connections
+    # wait in the kernel's backlog) until it is back under nine tenths of it. gunicorn
+    # worker_connections 1000 (async workers only), waitress connection_limit 100, uvicorn
+    # none. 2048 holds the 1,024 keep-alive clients the benchmarks use plus slow ones; each
+    # idle connection costs a few KiB, and the worst case of every buffer full is bounded by
+    # the per-connection limits above.
+    connections_max: int = 2048
+
+    # Open connections from one client address in one worker; past it a new connection is
+    # closed at once. Peers on a unix socket and trusted proxies are not counted (behind a
+    # proxy every connection comes from it). No peer has one; nginx limit_conn is the model.
+    # 256 leaves room for a few dozen browsers behind one NAT address.
+    client_connections_max: int = 256
+
+    # Requests of one client address (the forwarded one behind a trusted proxy) admitted to the
+    # pool at once in one worker, running or queued; past it 503 with Retry-After, from the
+    # loop, without touching the app, so one client cannot take every thread and queue slot
+    # (8 threads + 64 queued by default). No peer has one.
+    client_in_flight_max: int = 32

@@ -20,6 +20,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
 from hardserve.http import reasons
+from hardserve.http.deadlines import RateWindow
 from hardserve.http.environ import build_environ
 from hardserve.http.parser import (
     CLOSED,
@@ -134,7 +135,17 @@ class HttpConnection(asyncio.Protocol):
         self._input: InputStream | None = None
         self._call: WsgiCall | None = None
         self._slot_held = False  # this connection's call counts against the pool's limit
+        self._client_key: str | None = None  # the address its in-flight request is counted under
+        self.counted_address: str | None = None  # the address it is counted under as a connection
         self.requests_served = 0
+        # Minimum rates: the request body being received, the response being read.
+        self._body_window: RateWindow | None = None
+        self._body_received = 0
+        self._send_window: RateWindow | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._written = 0  # response bytes handed to the transport
+        self._send_progress = 0  # bytes the transport had flushed at the last check
+        self._send_progress_at = 0.0  # when that count last grew
 
     @property
     def peer(self) -> tuple[str, int] | None:
@@ -169,7 +180,10 @@ class HttpConnection(asyncio.Protocol):
             self.can_sendfile = True
         else:
             self._url_scheme = "https"
-        self._shared.connection_opened(self)
+        if not self._shared.connection_opened(self):
+            self._closing = True
+            transport.abort()
+            return
         self._arm_timer(self._limits.keepalive_timeout_s, self._on_idle_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -202,6 +216,8 @@ class HttpConnection(asyncio.Protocol):
         self._withdraw_queued_call()
         self._closing = True
         self._drop_timer()
+        self._stop_send_watch()
+        self._end_client_request()
         self._gate.close()
         if self._body is not None:
             self._body.fail(BodyReadError("client closed the connection"))
@@ -211,10 +227,12 @@ class HttpConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._writing_paused = True
         self._gate.pause()
+        self._watch_send()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._gate.resume()
+        self._stop_send_watch()
         if not self._call_active:
             self._process()
 
@@ -241,6 +259,7 @@ class HttpConnection(asyncio.Protocol):
             elif isinstance(event, RequestHead):
                 self._start_request(event)
             elif isinstance(event, EndOfBody):
+                self._body_window = None
                 if self._body is not None:
                     self._body.finish()
                     self._body = None
@@ -249,6 +268,7 @@ class HttpConnection(asyncio.Protocol):
                     return
                 # An unread body was drained after its response: on to the next request.
                 self._draining = False
+                self._body_window = None
                 self._next_cycle()
             elif isinstance(event, Refusal):
                 self._on_refusal(event)
@@ -258,6 +278,7 @@ class HttpConnection(asyncio.Protocol):
                 return
 
     def _on_body_data(self, data: bytes) -> None:
+        self._body_received += len(data)
         if self._body is not None:
             if self._body.push(data):
                 self._pause_reading()
@@ -271,11 +292,16 @@ class HttpConnection(asyncio.Protocol):
         if not self._reading_paused and self._transport is not None:
             self._reading_paused = True
             self._transport.pause_reading()
+            if self._body_window is not None:
+                # Waiting for the app, not for the client: this time does not count.
+                self._body_window.stop(self._loop.time(), self._body_received)
 
     def _resume_reading(self) -> None:
         if self._reading_paused and self._transport is not None and not self._closing:
             self._reading_paused = False
             self._transport.resume_reading()
+            if self._body_window is not None:
+                self._start_body_window()
 
     def _on_body_consumed(self) -> None:
         """The app's reads made room in the body buffer (runs on the loop)."""
@@ -293,6 +319,13 @@ class HttpConnection(asyncio.Protocol):
         self._started_at = time.monotonic()
         shared = self._shared
         if head.has_body:
+            self._body_received = 0
+            self._body_window = RateWindow(
+                self._limits.body_min_rate_bytes_s, self._limits.body_rate_grace_s
+            )
+            if not head.expect_continue:
+                # With Expect: 100-continue the client rightly sends nothing before our 100.
+                self._start_body_window()
             first_read = self._request_continue if head.expect_continue else None
             self._body = BodyChannel(
                 self._limits.body_buffer_bytes,
@@ -322,12 +355,25 @@ class HttpConnection(asyncio.Protocol):
         )
         self._framer = framer
         call = WsgiCall(shared.app, environ, framer, self)
+        client_key = environ["REMOTE_ADDR"]
+        if not shared.client_request_started(client_key):
+            self._refuse_now(reasons.CLIENT_IN_FLIGHT, "client in-flight limit", b"", retry_after=1)
+            return
         if not self._pool.submit(call.run):
+            shared.client_request_ended(client_key)
             self._refuse_now(reasons.POOL_SATURATED, "pool saturated", b"", retry_after=1)
             return
+        self._client_key = client_key
         self._call = call
         self._call_active = True
         self._slot_held = True
+
+    def _end_client_request(self) -> None:
+        """The call is over (or withdrawn): the client's in-flight count goes down, once."""
+        key = self._client_key
+        if key is not None:
+            self._client_key = None
+            self._shared.client_request_ended(key)
 
     def _release_slot(self) -> None:
         """Give the call's admission slot back to the pool, once."""
@@ -345,6 +391,7 @@ class HttpConnection(asyncio.Protocol):
             return False
         self._call_active = False
         self._release_slot()
+        self._end_client_request()
         head = self._head
         if head is not None:
             self._shared.request_finished(self, head, self._framer, "client_gone_before_start", 0.0)
@@ -363,6 +410,8 @@ class HttpConnection(asyncio.Protocol):
         if self._transport is not None and not self._response_started and not self._continue_sent:
             self._continue_sent = True
             self._transport.write(_CONTINUE)
+            if self._body_window is not None and not self._reading_paused:
+                self._start_body_window()
 
     def _request_resume(self) -> None:
         self._pool.call_in_loop(self._on_body_consumed)
@@ -431,14 +480,24 @@ class HttpConnection(asyncio.Protocol):
         fd = handed[0]
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
+        # The same minimum send rate as the loop applies to buffered responses. The whole send
+        # counts as waiting on the client: os.sendfile only takes time when the socket is full.
+        window = RateWindow(self._limits.send_min_rate_bytes_s, self._limits.send_rate_grace_s)
+        window.start(time.monotonic(), 0)
         sent = 0
         try:
             while sent < count:
                 try:
                     written = os.sendfile(fd, fileno, offset + sent, count - sent)
                 except BlockingIOError:
-                    if not poller.poll(timeout * 1000):
-                        raise ClientGone(f"client did not read for {timeout:g} s") from None
+                    now = time.monotonic()
+                    wait_s = min(timeout, window.deadline(now, sent) - now)
+                    ready_fds = poller.poll(wait_s * 1000) if wait_s > 0 else []
+                    if not ready_fds:
+                        stalled = wait_s >= timeout
+                        reason = reasons.SEND_TIMEOUT if stalled else reasons.SEND_TOO_SLOW
+                        self._log_refusal(reason, f"{sent} file bytes sent", self._request_line())
+                        raise ClientGone(f"client read too slowly ({reason.code})") from None
                     continue
                 except OSError as exc:
                     raise ClientGone(str(exc)) from exc
@@ -455,6 +514,7 @@ class HttpConnection(asyncio.Protocol):
         transport = self._transport
         if transport is not None and not self._closing:
             self._response_started = True
+            self._written += size
             if isinstance(data, bytes):
                 transport.write(data)
             else:
@@ -476,6 +536,7 @@ class HttpConnection(asyncio.Protocol):
     def _loop_finish(self, data: Output, keep_alive: bool, outcome: str) -> None:
         self._call_active = False
         self._release_slot()
+        self._end_client_request()
         transport = self._transport
         head = self._head
         if transport is None or self._closing or head is None:
@@ -483,8 +544,10 @@ class HttpConnection(asyncio.Protocol):
         self._response_started = True
         if isinstance(data, bytes):
             if data:
+                self._written += len(data)
                 transport.write(data)
         else:
+            self._written += output_size(data)
             transport.writelines(data)
         self.requests_served += 1
         self._shared.request_finished(
@@ -512,6 +575,7 @@ class HttpConnection(asyncio.Protocol):
     def _loop_abort(self, outcome: str) -> None:
         self._call_active = False
         self._release_slot()
+        self._end_client_request()
         head = self._head
         if head is not None:
             self._shared.request_finished(
@@ -528,6 +592,10 @@ class HttpConnection(asyncio.Protocol):
     def _next_cycle(self, *, process: bool = True) -> None:
         self._head = None
         self._framer = None
+        self._body_window = None
+        if self._send_timer is None:
+            # Each response gets its own allowance; one still leaving keeps its window.
+            self._send_window = None
         self._parser.start_next_cycle()
         if self._parser.buffered_bytes:
             self._head_deadline_armed = True
@@ -650,6 +718,115 @@ class HttpConnection(asyncio.Protocol):
         self._deadline_callback = None
         callback()
 
+    # -- minimum rates -----------------------------------------------------------------------
+
+    def _start_body_window(self) -> None:
+        """The worker reads the body again: the client's clock runs."""
+        window = self._body_window
+        if window is None or self._limits.body_min_rate_bytes_s <= 0:
+            return
+        now = self._loop.time()
+        window.start(now, self._body_received)
+        self._arm_timer(window.deadline(now, self._body_received) - now, self._on_body_rate_timer)
+
+    def _on_body_rate_timer(self) -> None:
+        window = self._body_window
+        if window is None or (self._body is None and not self._draining):
+            return
+        if self._reading_paused:
+            return  # waiting for the app; _resume_reading starts the clock again
+        now = self._loop.time()
+        deadline = window.deadline(now, self._body_received)
+        if now < deadline:
+            self._arm_timer(deadline - now, self._on_body_rate_timer)
+            return
+        reason = reasons.BODY_TOO_SLOW
+        detail = f"{self._body_received} body bytes in {self._limits.body_rate_grace_s:g} s grace"
+        self._log_refusal(reason, detail, self._request_line())
+        self._body_window = None
+        if self._draining:
+            self._close()
+            return
+        # The app's next read raises; the connection closes after whatever it answers.
+        self._must_close = True
+        self._pause_reading()
+        if self._body is not None:
+            self._body.fail(BodyReadError(reason.summary, status=reason.status, code=reason.code))
+            self._body = None
+
+    def _watch_send(self) -> None:
+        """The worker now waits for the client to read: watch its progress until it catches up
+        (resume_writing) or the connection ends."""
+        transport = self._transport
+        if self._send_timer is not None or transport is None:
+            return
+        now = self._loop.time()
+        flushed = self._written - transport.get_write_buffer_size()
+        window = self._send_window
+        if window is None:
+            window = self._send_window = RateWindow(
+                self._limits.send_min_rate_bytes_s, self._limits.send_rate_grace_s
+            )
+        window.start(now, flushed)
+        self._send_progress = flushed
+        self._send_progress_at = now
+        self._schedule_send_check(window, now, flushed)
+
+    def _schedule_send_check(self, window: RateWindow, now: float, flushed: int) -> None:
+        stall_deadline = self._send_progress_at + self._limits.write_timeout_s
+        deadline = min(window.deadline(now, flushed), stall_deadline)
+        # At least 10 ms apart: a check finds the same answer sooner only by spinning.
+        self._send_timer = self._loop.call_at(max(deadline, now + 0.01), self._on_send_timer)
+
+    def _stop_send_watch(self) -> None:
+        timer = self._send_timer
+        if timer is None:
+            return
+        timer.cancel()
+        self._send_timer = None
+        transport = self._transport
+        if self._send_window is not None and transport is not None:
+            flushed = self._written - transport.get_write_buffer_size()
+            self._send_window.stop(self._loop.time(), flushed)
+
+    def _on_send_timer(self) -> None:
+        self._send_timer = None
+        transport = self._transport
+        window = self._send_window
+        if transport is None or window is None:
+            return
+        pending = transport.get_write_buffer_size()
+        now = self._loop.time()
+        flushed = self._written - pending
+        if not pending and not self._writing_paused:
+            window.stop(now, flushed)  # caught up
+            return
+        if flushed > self._send_progress:
+            self._send_progress = flushed
+            self._send_progress_at = now
+        if now - self._send_progress_at >= self._limits.write_timeout_s:
+            self._drop_slow_reader(reasons.SEND_TIMEOUT, f"{pending} bytes unread")
+        elif window.too_slow(now, flushed):
+            self._drop_slow_reader(reasons.SEND_TOO_SLOW, f"{flushed} bytes read")
+        else:
+            self._schedule_send_check(window, now, flushed)
+
+    def _drop_slow_reader(self, reason: Reason, detail: str) -> None:
+        """Cut the connection: its buffers are freed and an app thread waiting to write is
+        released (its write raises, the call ends)."""
+        self._log_refusal(reason, detail, self._request_line())
+        self._closing = True
+        self._cancel_timer()
+        self._gate.close()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _request_line(self) -> bytes:
+        head = self._head
+        if head is None:
+            return b""
+        return b"%s %s HTTP/%s" % (head.method, head.raw_target, head.http_version)
+
     def _on_idle_timeout(self) -> None:
         if not self._call_active and self._parser.buffered_bytes == 0:
             self._close()
@@ -678,6 +855,10 @@ class HttpConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
+        if transport.get_write_buffer_size():
+            # A closing transport flushes its buffer for as long as it takes; a client that
+            # stops reading must not keep it (and its buffer) forever.
+            self._watch_send()
         if self._peer_eof or not transport.can_write_eof():
             transport.close()
             return

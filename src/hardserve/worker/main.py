@@ -73,7 +73,7 @@ class Worker:
         pool.start(loop)
         shared = WorkerShared(self.app, self.config, pool, sys.stderr)
         self.shared = shared
-        servers = await start_servers(loop, shared, self.sockets)
+        acceptor = await start_servers(loop, shared, self.sockets)
         if install_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self._stop.set)
@@ -84,8 +84,7 @@ class Worker:
         self.ready.set()
         await self._stop.wait()
         _log.info("stopping: closing listeners, finishing requests in progress")
-        for server in servers:
-            server.close()
+        acceptor.close()
         drained = await shared.drain(self.config.graceful_timeout_s)
         if not drained:
             _log.warning("graceful timeout: %d connections cut", len(shared.connections))

@@ -1,5 +1,5 @@
 """What the connections of one worker share, and the acceptor: listening servers, the set of
-open connections, and the graceful drain."""
+open connections with the caps on them, and the graceful drain."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import logging
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
+from hardserve.http import reasons
 from hardserve.http.parser import RequestHead
 from hardserve.http.response import ResponseFramer
 from hardserve.http.target import PathPolicy
@@ -24,6 +26,71 @@ if TYPE_CHECKING:
 
 _access_log = logging.getLogger("hardserve.access")
 _error_log = logging.getLogger("hardserve.error")
+_security_log = logging.getLogger("hardserve.security")
+
+
+class Acceptor:
+    """The worker's listening servers, which it can stop and restart.
+
+    At the connection cap the servers are closed, so the kernel keeps new connections in the
+    backlog instead of the worker accepting them. Each server is given a duplicate of its
+    listening socket (closing a server closes the socket it was given); the original stays open
+    and keeps the port, and restarting makes a new server on a new duplicate.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        factory: Callable[[], asyncio.Protocol],
+        sockets: list[socket.socket],
+        backlog: int,
+    ) -> None:
+        self._loop = loop
+        self._factory = factory
+        self._sockets = sockets
+        self._backlog = backlog
+        self.servers: list[asyncio.AbstractServer] = []
+        self._starting: asyncio.Task[None] | None = None
+        self.accepting = False
+        self.closed = False
+
+    async def start(self) -> None:
+        self.accepting = True
+        servers: list[asyncio.AbstractServer] = []
+        for sock in self._sockets:
+            kwargs: dict[str, Any] = {"sock": sock.dup(), "backlog": self._backlog}
+            if sock.family == socket.AF_UNIX:
+                servers.append(await self._loop.create_unix_server(self._factory, **kwargs))
+            else:
+                servers.append(await self._loop.create_server(self._factory, **kwargs))
+        if self.closed or not self.accepting:
+            for server in servers:  # paused or closed while the servers were being made
+                server.close()
+            return
+        self.servers = servers
+
+    def pause(self) -> None:
+        if not self.accepting:
+            return
+        self.accepting = False
+        for server in self.servers:
+            server.close()
+        self.servers = []
+
+    def resume(self) -> None:
+        if self.accepting or self.closed:
+            return
+        if self._starting is not None and not self._starting.done():
+            self.accepting = True
+            return
+        self._starting = self._loop.create_task(self.start())
+
+    def close(self) -> None:
+        """Stop accepting for good and close the listening sockets (this process's copies)."""
+        self.closed = True
+        self.pause()
+        for sock in self._sockets:
+            sock.close()
 
 
 class WorkerShared:
@@ -40,14 +107,83 @@ class WorkerShared:
         self.connections: set[HttpConnection] = set()
         self.stopping = False
         self._all_closed: asyncio.Event | None = None
+        limits = config.limits
+        self._connections_max = limits.connections_max
+        # Hysteresis: accepting restarts below nine tenths of the cap, so a worker at the cap
+        # does not close and reopen its servers for every connection that comes and goes.
+        self._connections_resume = limits.connections_max - limits.connections_max // 10
+        self._client_connections_max = limits.client_connections_max
+        self._client_in_flight_max = limits.client_in_flight_max
+        self._client_connections: dict[str, int] = {}
+        self._client_in_flight: dict[str, int] = {}
+        self.acceptor: Acceptor | None = None
+        # Peers whose connections are not counted per client: a trusted proxy carries many
+        # clients' connections.
+        self.uncounted_peer: Callable[[str], bool] = _never
 
-    def connection_opened(self, connection: HttpConnection) -> None:
+    def connection_opened(self, connection: HttpConnection) -> bool:
+        """A new connection; False when its client already holds its share of connections
+        (the connection is then closed at once, unanswered)."""
+        peer = connection.peer
+        if peer is not None and not self.uncounted_peer(peer[0]):
+            address = peer[0]
+            count = self._client_connections.get(address, 0)
+            if count >= self._client_connections_max:
+                _security_log.warning(
+                    "refused reason=%s status=0 peer=%s:%d request_line_sha256=- detail=%r",
+                    reasons.CLIENT_CONNECTIONS.code,
+                    address,
+                    peer[1],
+                    f"{count} connections open",
+                    extra={"reason": reasons.CLIENT_CONNECTIONS.code, "status": 0},
+                )
+                return False
+            self._client_connections[address] = count + 1
+            connection.counted_address = address
         self.connections.add(connection)
+        acceptor = self.acceptor
+        if len(self.connections) >= self._connections_max and acceptor is not None:
+            if acceptor.accepting:
+                _error_log.warning(
+                    "%d connections open: at connections_max, new connections wait in the backlog",
+                    len(self.connections),
+                )
+            acceptor.pause()
+        return True
 
     def connection_closed(self, connection: HttpConnection) -> None:
+        if connection not in self.connections:
+            return
         self.connections.discard(connection)
+        address = connection.counted_address
+        if address is not None:
+            _decrement(self._client_connections, address)
+        acceptor = self.acceptor
+        if (
+            acceptor is not None
+            and not acceptor.accepting
+            and not self.stopping
+            and len(self.connections) < self._connections_resume
+        ):
+            acceptor.resume()
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
+
+    def client_request_started(self, address: str) -> bool:
+        """Count a request of `address` admitted to the pool; False (not counted) when the
+        client already has its share in flight. Unix-socket peers (address "") are not
+        limited."""
+        if not address:
+            return True
+        count = self._client_in_flight.get(address, 0)
+        if count >= self._client_in_flight_max:
+            return False
+        self._client_in_flight[address] = count + 1
+        return True
+
+    def client_request_ended(self, address: str) -> None:
+        if address:
+            _decrement(self._client_in_flight, address)
 
     def request_finished(
         self,
@@ -113,19 +249,25 @@ class WorkerShared:
         return True
 
 
+def _never(address: str) -> bool:
+    return False
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    count = counts.get(key, 0) - 1
+    if count > 0:
+        counts[key] = count
+    else:
+        counts.pop(key, None)  # the dicts hold only clients with something open
+
+
 async def start_servers(
     loop: asyncio.AbstractEventLoop, shared: WorkerShared, sockets: list[socket.socket]
-) -> list[asyncio.AbstractServer]:
-    servers: list[asyncio.AbstractServer] = []
-
+) -> Acceptor:
     def factory() -> HttpConnection:
         return HttpConnection(shared)
 
-    for sock in sockets:
-        kwargs: dict[str, Any] = {"sock": sock, "backlog": shared.config.listen_backlog}
-        if sock.family == socket.AF_UNIX:
-            server = await loop.create_unix_server(factory, **kwargs)
-        else:
-            server = await loop.create_server(factory, **kwargs)
-        servers.append(server)
-    return servers
+    acceptor = Acceptor(loop, factory, sockets, shared.config.listen_backlog)
+    shared.acceptor = acceptor
+    await acceptor.start()
+    return acceptor

@@ -1,0 +1,156 @@
+"""Caps on concurrency over real sockets: connections per worker, connections and requests in
+flight per client address. Each at the limit and one past it."""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import pytest
+
+from hardserve.http.limits import Limits
+from tests.helpers import (
+    TIMEOUT_S,
+    RunningServer,
+    both_loops,  # noqa: F401 - a fixture
+    exchange,
+    read_responses,
+    serve,
+    server_closed,
+    wait_until,
+)
+
+pytestmark = pytest.mark.usefixtures("both_loops")
+
+REQUEST = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [])
+    return [environ["PATH_INFO"].encode()]
+
+
+def open_served(server: RunningServer, stack: ExitStack) -> socket.socket:
+    """A keep-alive connection that has had one request answered (so the worker holds it)."""
+    sock = stack.enter_context(server.connect())
+    sock.sendall(REQUEST)
+    responses, closed = read_responses(sock, 1)
+    assert responses[0].status == 200 and not closed
+    return sock
+
+
+def nothing_arrives(sock: socket.socket, wait_s: float = 0.3) -> bool:
+    """No byte and no close within wait_s: checking that something does not happen needs a
+    bounded wait."""
+    readable, _, _ = select.select([sock], [], [], wait_s)
+    return not readable
+
+
+def test_connections_max_stops_accepting_and_resumes_below_it() -> None:
+    with serve(hello, limits=Limits(connections_max=2)) as server, ExitStack() as stack:
+        shared = server.worker.shared
+        assert shared is not None
+        first = open_served(server, stack)
+        open_served(server, stack)  # at the limit: still accepted and served
+        # One past the limit: the kernel completes the handshake (backlog), the worker does
+        # not accept, so the request waits unanswered.
+        waiting = stack.enter_context(server.connect())
+        waiting.sendall(REQUEST)
+        assert nothing_arrives(waiting)
+        assert len(shared.connections) == 2
+        first.close()
+        # Back under the limit: the worker accepts again and answers the waiting request.
+        responses, _ = read_responses(waiting, 1)
+        assert responses[0].status == 200
+
+
+def test_client_connections_max_closes_the_extra_connection_unanswered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="hardserve.security")
+    with serve(hello, limits=Limits(client_connections_max=2)) as server, ExitStack() as stack:
+        shared = server.worker.shared
+        assert shared is not None
+        first = open_served(server, stack)
+        open_served(server, stack)  # at the limit
+        extra = stack.enter_context(server.connect())
+        extra.sendall(REQUEST)
+        assert server_closed(extra, wait_s=TIMEOUT_S)  # past it: closed, no response
+        assert "reason=client_connections" in caplog.text
+        # The closed connection did not count; when one of the two closes, a new one is served.
+        first.close()
+        assert wait_until(lambda: len(shared.connections) == 1)
+        responses, _ = exchange(server, REQUEST)
+        assert responses[0].status == 200
+
+
+class GateApp:
+    """/hold/N requests wait until released; counts how many are inside the app."""
+
+    def __init__(self) -> None:
+        self.inside = threading.Semaphore(0)
+        self.release = threading.Event()
+        self.paths: list[str] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        path = environ["PATH_INFO"]
+        self.paths.append(path)
+        if path.startswith("/hold"):
+            self.inside.release()
+            self.release.wait(TIMEOUT_S)
+        start_response("200 OK", [])
+        return [path.encode()]
+
+
+@contextmanager
+def holding(server: RunningServer, app: GateApp, count: int) -> Iterator[list[socket.socket]]:
+    """`count` requests held inside the app, each on its own connection."""
+    socks = []
+    try:
+        for index in range(count):
+            sock = server.connect()
+            socks.append(sock)
+            sock.sendall(b"GET /hold/%d HTTP/1.1\r\nHost: x\r\n\r\n" % index)
+            assert app.inside.acquire(timeout=TIMEOUT_S)
+        yield socks
+    finally:
+        app.release.set()
+        for sock in socks:
+            sock.close()
+
+
+def test_client_in_flight_max_answers_503_without_touching_the_app() -> None:
+    app = GateApp()
+    limits = Limits(client_in_flight_max=2)
+    with serve(app, limits=limits, threads=4) as server, holding(server, app, 2) as held:
+        # Two in flight is the limit; the third request of the same address gets 503 at once.
+        responses, closed = exchange(server, b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert responses[0].status == 503
+        assert responses[0].header("Retry-After") == "1"
+        assert b"client_in_flight" not in responses[0].body  # the code is for the log
+        assert not closed
+        assert "/third" not in app.paths
+        app.release.set()
+        for sock in held:
+            assert read_responses(sock, 1)[0][0].status == 200
+        # Their calls ended: the address may send again.
+        responses, _ = exchange(server, b"GET /fourth HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert responses[0].status == 200
+
+
+def test_refused_pool_admission_does_not_leak_a_client_slot() -> None:
+    app = GateApp()
+    limits = Limits(client_in_flight_max=2)
+    with serve(app, limits=limits, threads=1, pool_queue_max=0) as server:
+        with holding(server, app, 1) as held:
+            for _ in range(3):  # each gets 503 from the pool, none keeps a client slot
+                assert exchange(server, REQUEST)[0][0].status == 503
+            app.release.set()
+            assert read_responses(held[0], 1)[0][0].status == 200
+        for _ in range(3):
+            assert exchange(server, REQUEST)[0][0].status == 200
