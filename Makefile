@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean system-deps
+.PHONY: run test lint typecheck unit bench clean system-deps fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ test: $(STAMP) system-deps lint typecheck
 
 bench: $(STAMP)
 	./bench/run.sh
+
+# Fuzz the request parser for SECONDS (security/fuzz/README.md): `make fuzz SECONDS=3600`.
+# Without atheris (no wheel for the platform) the hypothesis engine runs instead.
+SECONDS ?= 600
+$(VENV)/.fuzz-installed: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[fuzz]' || echo "atheris unavailable: hypothesis engine"
+	touch $@
+
+fuzz: $(VENV)/.fuzz-installed
+	$(PY) -m security.fuzz --seconds $(SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
