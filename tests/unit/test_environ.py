@@ -10,6 +10,13 @@ from wsgiref.validate import check_environ
 import pytest
 
 from hardserve.http.environ import build_environ
+from hardserve.http.forwarded import (
+    FORWARDED_INVALID,
+    NOT_FORWARDED,
+    Resolution,
+    TrustedPeers,
+    resolve,
+)
 from hardserve.http.limits import Limits
 from hardserve.http.parser import RequestHead, RequestParser
 from hardserve.http.target import parse_target
@@ -220,3 +227,100 @@ def test_each_call_builds_a_new_environ() -> None:
     raw = request(b"Host: x")
     first, second = environ_of(raw), environ_of(raw)
     assert first == second and first is not second
+
+
+# -- behind proxies (http/forwarded.py) ---------------------------------------------------------
+
+TRUSTED = TrustedPeers.parse("10.0.0.0/8")
+
+
+def forwarded_environ(raw: bytes, peer: tuple[str, int], trusted: TrustedPeers = TRUSTED, **overrides: Any) -> dict[str, Any]:
+    head = head_of(raw)
+    resolution = resolve(peer[0], head.headers, trusted)
+    return environ_of(raw, peer=peer, resolution=resolution, **overrides)
+
+
+def test_nothing_forwarded_gives_the_same_environ() -> None:
+    raw = request(b"Host: x", b"Accept: a/b")
+    plain = environ_of(raw)
+    assert environ_of(raw, resolution=NOT_FORWARDED) == plain
+    assert forwarded_environ(raw, ("192.0.2.7", 51234)) == plain
+    assert forwarded_environ(raw, ("10.0.0.1", 51234)) == {**plain, "REMOTE_ADDR": "10.0.0.1"}
+
+
+def test_untrusted_peer_forwarding_fields_never_reach_the_environ() -> None:
+    raw = request(b"Host: x", b"X-Forwarded-For: 1.2.3.4", b"X-Forwarded-Proto: https", b"Forwarded: for=1.2.3.4", b"X-Real-IP: 1.2.3.4", b"X-Forwarded-Host: evil", b"X-Other: 1")
+    environ = forwarded_environ(raw, ("192.0.2.7", 51234))
+    assert not [key for key in environ if "FORWARDED" in key or "REAL_IP" in key]
+    assert environ["HTTP_X_OTHER"] == "1"
+    assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("192.0.2.7", "51234")
+    assert environ["wsgi.url_scheme"] == "http"
+    assert environ["HTTP_HOST"] == "x"
+    assert environ["SERVER_PORT"] == "8000"
+
+
+def test_trusted_proxy_names_the_client_scheme_and_port() -> None:
+    raw = request(b"Host: internal:8000", b"X-Forwarded-For: 6.6.6.6, 203.0.113.9", b"X-Forwarded-Proto: https")
+    environ = forwarded_environ(raw, ("10.0.0.1", 40000))
+    assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("203.0.113.9", "")
+    assert environ["wsgi.url_scheme"] == "https"
+    assert environ["SERVER_PORT"] == "443"
+    assert environ["SERVER_NAME"] == "127.0.0.1"  # still the socket's
+    assert environ["HTTP_HOST"] == "internal:8000"  # no forwarded host: as sent
+    # Trusted: the fields themselves are passed on as sent.
+    assert environ["HTTP_X_FORWARDED_FOR"] == "6.6.6.6, 203.0.113.9"
+
+
+def test_forwarded_client_port() -> None:
+    raw = request(b"Host: x", b'Forwarded: for="[2001:db8::9]:4711"')
+    environ = forwarded_environ(raw, ("10.0.0.1", 40000))
+    assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("2001:db8::9", "4711")
+
+
+@pytest.mark.parametrize(
+    ("fields", "http_host", "server_port", "scheme"),
+    [
+        ([b"X-Forwarded-Host: shop.example"], "shop.example", "8000", "http"),
+        ([b"X-Forwarded-Host: shop.example:8443"], "shop.example:8443", "8443", "http"),
+        ([b"X-Forwarded-Host: shop.example", b"X-Forwarded-Proto: https"], "shop.example", "443", "https"),
+        ([b"X-Forwarded-Host: shop.example", b"X-Forwarded-Proto: https", b"X-Forwarded-Port: 8443"], "shop.example:8443", "8443", "https"),
+        ([b"X-Forwarded-Host: shop.example", b"X-Forwarded-Port: 80"], "shop.example", "80", "http"),
+        ([b"X-Forwarded-Host: shop.example", b"X-Forwarded-Proto: https", b"X-Forwarded-Port: 80"], "shop.example:80", "80", "https"),
+        ([b"X-Forwarded-Host: [2001:db8::1]", b"X-Forwarded-Port: 8080"], "[2001:db8::1]:8080", "8080", "http"),
+        ([b"Forwarded: host=shop.example;proto=https"], "shop.example", "443", "https"),
+    ],
+)
+def test_forwarded_host_becomes_http_host(fields: list[bytes], http_host: str, server_port: str, scheme: str) -> None:
+    environ = forwarded_environ(request(b"Host: internal", *fields), ("10.0.0.1", 40000))
+    assert (environ["HTTP_HOST"], environ["SERVER_PORT"], environ["wsgi.url_scheme"]) == (http_host, server_port, scheme)
+    assert environ["REMOTE_ADDR"] == "10.0.0.1" and environ["REMOTE_PORT"] == "40000"
+
+
+def test_forwarded_host_wins_over_an_absolute_form_target() -> None:
+    raw = b"GET http://real.example/p HTTP/1.1\r\nHost: other\r\nX-Forwarded-Host: shop.example\r\n\r\n"
+    assert forwarded_environ(raw, ("10.0.0.1", 1))["HTTP_HOST"] == "shop.example"
+
+
+def test_the_environ_of_a_forwarded_request_passes_wsgiref() -> None:
+    raw = request(b"Host: x", b"X-Forwarded-For: 203.0.113.9", b"X-Forwarded-Proto: https", b"X-Forwarded-Host: shop.example")
+    environ = forwarded_environ(raw, ("10.0.0.1", 1))
+    check_environ(environ)
+    assert all(type(v) is str for k, v in environ.items() if not k.startswith("wsgi."))
+
+
+def test_a_refused_resolution_has_no_environ() -> None:
+    raw = request(b"Host: x", b"X-Forwarded-For: 999.1.1.1")
+    head = head_of(raw)
+    resolution = resolve("10.0.0.1", head.headers, TRUSTED)
+    assert resolution.error == FORWARDED_INVALID
+    with pytest.raises(ValueError, match="forwarded_invalid"):
+        environ_of(raw, resolution=resolution)
+
+
+def test_stripped_headers_are_the_ones_the_resolution_gives() -> None:
+    # build_environ reads the resolution's headers, not the head's, whenever they are given.
+    raw = request(b"Host: x", b"X-Keep: 1")
+    head = head_of(raw)
+    resolution = Resolution(headers=((b"host", b"x"),))
+    environ = build_environ(head, peer=None, server=("h", 1), url_scheme="http", wsgi_input=INPUT, wsgi_errors=ERRORS, file_wrapper=Wrapper, resolution=resolution)
+    assert "HTTP_X_KEEP" not in environ and environ["HTTP_HOST"] == "x"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from hardserve.http.forwarded import NOT_FORWARDED, Resolution
 from hardserve.http.parser import RequestHead
 
 # Header-name -> environ-key translations, cached because the same few dozen names arrive on
@@ -12,6 +13,7 @@ from hardserve.http.parser import RequestHead
 # not grow it without end; past the bound, keys are computed each time.
 _KEY_CACHE: dict[bytes, str] = {}
 _KEY_CACHE_MAX: Final = 512
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _SPECIAL_KEYS: Final = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
 
 
@@ -34,8 +36,21 @@ def build_environ(
     wsgi_errors: Any,
     file_wrapper: Any,
     script_name: str = "",
+    resolution: Resolution | None = None,
 ) -> dict[str, Any]:
+    """`resolution` is http/forwarded.resolve()'s verdict on the request (None: no proxy policy,
+    as NOT_FORWARDED). A refused one (error set) must be answered, not given an environ."""
     target = head.target
+    headers = head.headers
+    # The usual request, with nothing forwarded, pays for this one comparison and no more.
+    forwarded = None if resolution is NOT_FORWARDED else resolution
+    if forwarded is not None:
+        if forwarded.error is not None:
+            raise ValueError(f"a refused request ({forwarded.error}) has no environ")
+        if forwarded.headers is not None:
+            headers = forwarded.headers
+        if forwarded.url_scheme is not None:
+            url_scheme = forwarded.url_scheme
     query = target.query.decode("latin-1")
     raw_uri = head.raw_target.decode("latin-1")
     environ: dict[str, Any] = {
@@ -65,7 +80,7 @@ def build_environ(
     }
     if head.content_length is None and not head.chunked:
         environ["CONTENT_LENGTH"] = ""
-    for name, value in head.headers:
+    for name, value in headers:
         key = _environ_key(name)
         text = value.decode("latin-1")
         previous = environ.get(key)
@@ -78,8 +93,35 @@ def build_environ(
         # RFC 9112 section 3.2.2: with an absolute-form target, its authority is the host and
         # the Host field is ignored.
         environ["HTTP_HOST"] = target.authority.decode("latin-1")
+    if forwarded is not None:
+        _apply_forwarded(environ, forwarded, url_scheme)
     if head.chunked:
         # The length is unknown until the last chunk; wsgi.input_terminated tells apps to read
         # to the end instead.
         environ.pop("CONTENT_LENGTH", None)
     return environ
+
+
+def _apply_forwarded(environ: dict[str, Any], resolution: Resolution, url_scheme: str) -> None:
+    """What a trusted proxy said about the client wins over the connection's own view."""
+    if resolution.client_addr is not None:
+        environ["REMOTE_ADDR"] = resolution.client_addr
+        # The proxy's port beside the client's address would be a lie: empty when not known.
+        port = resolution.client_port
+        environ["REMOTE_PORT"] = "" if port is None else str(port)
+    if resolution.server_port is not None:
+        environ["SERVER_PORT"] = str(resolution.server_port)
+    host = resolution.host
+    if host is not None:
+        # The host the client asked the proxy for. When it carries no port and the proxy named a
+        # port that is not the scheme's default, the port is added, so that a URL rebuilt from
+        # HTTP_HOST (PEP 3333's URL reconstruction) reaches the client's port.
+        text = host.decode("latin-1")
+        port = resolution.server_port
+        if (
+            port is not None
+            and ":" not in text.rpartition("]")[2]
+            and port != _DEFAULT_PORTS.get(url_scheme)
+        ):
+            text = f"{text}:{port}"
+        environ["HTTP_HOST"] = text
