@@ -9,10 +9,13 @@ buffer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import select
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +48,7 @@ _security_log = logging.getLogger("hardserve.security")
 _access_log = logging.getLogger("hardserve.access")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 
 class WriteGate:
@@ -453,7 +457,9 @@ class HttpConnection(asyncio.Protocol):
         size = output_size(data)
         if not size:
             return
-        self._gate.acquire(size, self._limits.write_timeout_s)
+        # The loop drops a client that stops reading at write_timeout_s (and logs why), which
+        # releases this wait; the thread's own timeout is only a backstop behind it.
+        self._gate.acquire(size, 2 * self._limits.write_timeout_s + 1.0)
         self._pool.call_in_loop(self._loop_write, data, size)
 
     def finish(self, data: Output, keep_alive: bool, outcome: str) -> None:
@@ -818,8 +824,17 @@ class HttpConnection(asyncio.Protocol):
         self._closing = True
         self._cancel_timer()
         self._gate.close()
-        if self._transport is not None:
-            self._transport.abort()
+        transport = self._transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Reset, not close: a closed socket keeps sending what its kernel buffer holds (up
+            # to megabytes) to the slow reader for as long as it takes. nginx does the same
+            # (reset_timedout_connection).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
 
     def _request_line(self) -> bytes:
         head = self._head
