@@ -4,6 +4,8 @@ app is told, and what is refused. docs/proxies.md states the same rules in prose
 from __future__ import annotations
 
 import ipaddress
+import re
+from pathlib import Path
 
 import pytest
 
@@ -427,3 +429,10 @@ def test_other_forwarding_fields_from_a_trusted_peer_are_kept_as_sent() -> None:
     sent = hdrs(("x-real-ip", "203.0.113.9"), ("x-forwarded-for", "203.0.113.9"))
     result = resolve("10.0.0.1", sent, TRUST)
     assert result.headers is None and result.client_addr == "203.0.113.9"
+
+
+def test_docs_list_exactly_the_removed_fields() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "proxies.md").read_text()
+    paragraph = text.split("Removed fields (`FORWARDING_HEADERS`):", 1)[1].split(". These are", 1)[0]
+    listed = {name.lower().encode() for name in re.findall(r"`([A-Za-z-]+)`", paragraph)}
+    assert listed == FORWARDING_HEADERS
