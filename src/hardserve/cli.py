@@ -91,7 +91,9 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
     except SettingError as exc:
         click.echo(f"hardserve: {exc}", err=True)
         return EXIT_CONFIG
-    configure(log_level=config.log_level, access_log=config.access_log)
+    configure(
+        log_level=config.log_level, access_log=config.access_log, log_format=config.log_format
+    )
     try:
         app = load_app(app_spec, chdir=config.chdir, pythonpath=config.pythonpath)
     except AppLoadError as exc:

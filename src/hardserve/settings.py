@@ -162,6 +162,12 @@ SETTINGS: tuple[Setting, ...] = (
         "info",
         choices=("debug", "info", "warning", "error", "critical"),
     ),
+    Setting(
+        "log_format",
+        "Log lines as text, or as one JSON object per line (typed fields, for log shippers).",
+        "text",
+        choices=("text", "json"),
+    ),
 )
 
 _LIMIT_HELP = "Limit (docs/limits.md): "
@@ -234,6 +240,7 @@ class Config:
     loop: str = "auto"
     access_log: str | None = None
     log_level: str = "info"
+    log_format: str = "text"
     limits: Limits = field(default_factory=Limits)
 
 

@@ -647,3 +647,28 @@ def test_signal_stops_an_idle_server_with_status_0(signum: int) -> None:
         server.process.send_signal(signum)
         assert server.process.wait(TIMEOUT_S) == 0
     assert "Traceback" not in "".join(server.stderr_lines)
+
+
+def test_log_format_json_writes_one_typed_object_per_refusal() -> None:
+    with serve_process(HELLO, "--log-format", "json", cwd=str(ROOT)) as server:
+        with socket.create_connection((server.host, server.port), timeout=TIMEOUT_S) as sock:
+            sock.sendall(b'GET /"\n{"reason":"forged"} HTTP/1.1\r\nHost: x\r\n\r\n')
+            sock.settimeout(TIMEOUT_S)
+            assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
+        assert wait_for_line(server, '"logger":"hardserve.security"')
+    entries = [json.loads(line) for line in server.stderr_lines]  # every line is one object
+    refusals = [entry for entry in entries if entry["logger"] == "hardserve.security"]
+    assert len(refusals) == 1
+    assert refusals[0]["reason"] == "bare_lf"
+    assert refusals[0]["status"] == 400
+    assert refusals[0]["peer"].startswith("127.0.0.1:")
+    assert re.fullmatch(r"[0-9a-f]{16}", refusals[0]["request_line_sha256"])
+
+
+def wait_for_line(server: ServerProcess, text: str) -> bool:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not any(text in line for line in server.stderr_lines):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import select
@@ -37,6 +36,7 @@ from hardserve.http.parser import (
 )
 from hardserve.http.reasons import Reason
 from hardserve.http.response import ResponseFramer, error_response
+from hardserve.observe.logs import log_refusal
 from hardserve.worker.body import EMPTY_INPUT, BodyChannel, BodyReadError, InputStream
 from hardserve.worker.call import ClientGone, FileWrapper, Output, WsgiCall, output_size
 
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from hardserve.worker.server import WorkerShared
 
 _error_log = logging.getLogger("hardserve.error")
-_security_log = logging.getLogger("hardserve.security")
 _access_log = logging.getLogger("hardserve.access")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -671,17 +670,7 @@ class HttpConnection(asyncio.Protocol):
             self._next_cycle(process=False)
 
     def _log_refusal(self, reason: Reason, detail: str, request_line: bytes) -> None:
-        digest = hashlib.sha256(request_line).hexdigest()[:16] if request_line else "-"
-        peer = f"{self._peer[0]}:{self._peer[1]}" if self._peer else "-"
-        _security_log.warning(
-            "refused reason=%s status=%d peer=%s request_line_sha256=%s detail=%r",
-            reason.code,
-            reason.status,
-            peer,
-            digest,
-            detail,
-            extra={"reason": reason.code, "status": reason.status, "peer": peer},
-        )
+        log_refusal(reason.code, reason.status, self._peer, request_line, detail)
 
     # -- timers and closing ------------------------------------------------------------------
 

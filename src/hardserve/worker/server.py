@@ -16,6 +16,7 @@ from hardserve.http import reasons
 from hardserve.http.parser import RequestHead
 from hardserve.http.response import ResponseFramer
 from hardserve.http.target import PathPolicy
+from hardserve.observe.logs import log_refusal
 from hardserve.worker.call import WsgiApp
 from hardserve.worker.connection import HttpConnection
 from hardserve.worker.fixed_headers import FixedHeaders
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 _access_log = logging.getLogger("hardserve.access")
 _error_log = logging.getLogger("hardserve.error")
-_security_log = logging.getLogger("hardserve.security")
 
 
 class Acceptor:
@@ -129,13 +129,8 @@ class WorkerShared:
             address = peer[0]
             count = self._client_connections.get(address, 0)
             if count >= self._client_connections_max:
-                _security_log.warning(
-                    "refused reason=%s status=0 peer=%s:%d request_line_sha256=- detail=%r",
-                    reasons.CLIENT_CONNECTIONS.code,
-                    address,
-                    peer[1],
-                    f"{count} connections open",
-                    extra={"reason": reasons.CLIENT_CONNECTIONS.code, "status": 0},
+                log_refusal(
+                    reasons.CLIENT_CONNECTIONS.code, 0, peer, b"", f"{count} connections open"
                 )
                 return False
             self._client_connections[address] = count + 1
