@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hardserve.http.forwarded import TrustedPeers
 from hardserve.http.limits import Limits
 
 
@@ -146,6 +147,35 @@ SETTINGS: tuple[Setting, ...] = (
         choices=("refuse", "allow"),
     ),
     Setting(
+        "forwarded_allow_ips",
+        "Proxies whose forwarding fields (X-Forwarded-*, Forwarded) are believed: addresses, "
+        "networks (CIDR) and 'unix', comma-separated. From every other peer these fields are "
+        "removed before the app sees them. Default: none (docs/proxies.md).",
+        "",
+        metavar="LIST",
+    ),
+    Setting(
+        "forwarded_headers",
+        "Which forwarding fields a trusted proxy writes: 'auto' (either family; both at once "
+        "is refused as ambiguous), 'forwarded' (RFC 7239) or 'x-forwarded' (the other family "
+        "is then removed).",
+        "auto",
+        choices=("auto", "forwarded", "x-forwarded"),
+    ),
+    Setting(
+        "proxy_protocol",
+        "Expect a PROXY protocol header (v1 or v2) at the start of every connection, from "
+        "the peers of the allow-list below (required); any other connection is closed.",
+        "off",
+        choices=("off", "on"),
+    ),
+    Setting(
+        "proxy_allow_ips",
+        "Peers allowed to send a PROXY protocol header: addresses, networks and 'unix'.",
+        "",
+        metavar="LIST",
+    ),
+    Setting(
         "graceful_timeout_s",
         "Seconds a stopping worker lets requests in progress finish.",
         30.0,
@@ -236,6 +266,10 @@ class Config:
     underscore_headers: str = "drop"
     path_encoded_slash: str = "refuse"
     path_backslash: str = "refuse"
+    forwarded_allow_ips: str = ""
+    forwarded_headers: str = "auto"
+    proxy_protocol: str = "off"
+    proxy_allow_ips: str = ""
     graceful_timeout_s: float = 30.0
     loop: str = "auto"
     access_log: str | None = None
@@ -267,6 +301,7 @@ def load(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Con
     for setting in ALL_SETTINGS:
         _check_range(setting, resolved[setting.name])
     _check_server_header(resolved["server_header"])
+    _check_proxies(resolved)
     limit_names = {s.name for s in LIMIT_SETTINGS}
     limits = Limits(**{name: resolved.pop(name) for name in limit_names})
     return Config(limits=limits, **resolved)
@@ -309,6 +344,18 @@ def _check_server_header(value: str) -> None:
             f"--server-header / HARDSERVE_SERVER_HEADER: {value!a} must not start or end "
             "with a space"
         )
+
+
+def _check_proxies(resolved: dict[str, Any]) -> None:
+    for name in ("forwarded_allow_ips", "proxy_allow_ips"):
+        flag = "--" + name.replace("_", "-")
+        try:
+            TrustedPeers.parse(resolved[name])
+        except ValueError as exc:
+            raise SettingError(f"{flag}: {exc}") from exc
+    if resolved["proxy_protocol"] == "on" and not resolved["proxy_allow_ips"].strip():
+        # With nobody allowed, every connection would be closed: a mistake, not a policy.
+        raise SettingError("--proxy-protocol on needs --proxy-allow-ips (the proxies' addresses)")
 
 
 def _from_env(setting: Setting, raw: str) -> Any:

@@ -251,8 +251,30 @@ def test_value_outside_the_choices_is_refused(setting: Setting) -> None:
 
 @pytest.mark.parametrize("setting", CHOICE_SETTINGS, ids=lambda s: s.name)
 def test_every_choice_is_accepted(setting: Setting) -> None:
+    # The PROXY protocol needs its allow-list (tested below); every other choice stands alone.
+    needed = {"proxy_allow_ips": "127.0.0.1"} if setting.name == "proxy_protocol" else {}
     for choice in setting.choices:
-        assert getattr(load({setting.name: choice}, env={}), setting.name) == choice
+        assert getattr(load({setting.name: choice, **needed}, env={}), setting.name) == choice
+
+
+def test_proxy_protocol_without_an_allow_list_is_refused() -> None:
+    with pytest.raises(SettingError, match="--proxy-protocol on needs --proxy-allow-ips"):
+        load({"proxy_protocol": "on"}, env={})
+
+
+@pytest.mark.parametrize("name", ["forwarded_allow_ips", "proxy_allow_ips"])
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "example.com", "*", "1.2.3.4.5"])
+def test_a_bad_trust_list_is_refused_with_its_flag(name: str, value: str) -> None:
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(SettingError, match=f"^{flag}: "):
+        load({name: value}, env={})
+    with pytest.raises(SettingError, match=f"^{flag}: "):
+        load({}, env={"HARDSERVE_" + name.upper(): value})
+
+
+def test_trust_lists_accept_addresses_networks_and_unix() -> None:
+    config = load({"forwarded_allow_ips": "127.0.0.1, 10.0.0.0/8, ::1, fd00::/8, unix"}, env={})
+    assert config.forwarded_allow_ips.startswith("127.0.0.1")
 
 
 @pytest.mark.parametrize("threads", [0, -1])

@@ -88,6 +88,9 @@ SEND_TIMEOUT = _reason("send_timeout", 0, "client read nothing within the write 
 SEND_TOO_SLOW = _reason("send_too_slow", 0, "client reading below the minimum send rate")
 
 # Proxies (PROXY protocol header at the start of a connection, forwarding headers).
+FORWARDED_INVALID = _reason(
+    "forwarded_invalid", 400, "malformed or ambiguous forwarding fields from a trusted proxy"
+)
 PROXY_HEADER_INVALID = _reason("proxy_header_invalid", 0, "malformed PROXY protocol header")
 PROXY_HEADER_MISSING = _reason(
     "proxy_header_missing", 0, "PROXY protocol required but the connection did not start with one"

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from hardserve.http import reasons
 from hardserve.http.deadlines import RateWindow
 from hardserve.http.environ import build_environ
+from hardserve.http.forwarded import resolve
 from hardserve.http.parser import (
     CLOSED,
     NEED_DATA,
@@ -34,6 +35,7 @@ from hardserve.http.parser import (
     RequestHead,
     RequestParser,
 )
+from hardserve.http.proxy_protocol import ProxyHeaderReader, ProxyProtocolError
 from hardserve.http.reasons import Reason
 from hardserve.http.response import ResponseFramer, error_response
 from hardserve.observe.logs import log_refusal
@@ -140,6 +142,7 @@ class HttpConnection(asyncio.Protocol):
         self._slot_held = False  # this connection's call counts against the pool's limit
         self._client_key: str | None = None  # the address its in-flight request is counted under
         self.counted_address: str | None = None  # the address it is counted under as a connection
+        self._proxy_reader: ProxyHeaderReader | None = None  # until the PROXY header is read
         self.requests_served = 0
         # Minimum rates: the request body being received, the response being read.
         self._body_window: RateWindow | None = None
@@ -183,7 +186,17 @@ class HttpConnection(asyncio.Protocol):
             self.can_sendfile = True
         else:
             self._url_scheme = "https"
-        if not self._shared.connection_opened(self):
+        shared = self._shared
+        shared.connection_opened(self)
+        if shared.proxy_peers is not None:
+            # The client is whoever the PROXY header names; it is counted once that is read.
+            if not shared.proxy_peers.contains(self._peer[0] if self._peer else None):
+                self._log_refusal(reasons.PROXY_PEER_UNTRUSTED, "not in proxy_allow_ips", b"")
+                self._closing = True
+                transport.abort()
+                return
+            self._proxy_reader = ProxyHeaderReader()
+        elif not shared.admit_client(self, self._peer):
             self._closing = True
             transport.abort()
             return
@@ -192,6 +205,10 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._proxy_reader is not None:
+            data = self._take_proxy_header(data)
+            if not data:
+                return
         self._parser.feed(data)
         if not self._head_deadline_armed and self._head is None and not self._draining:
             self._head_deadline_armed = True
@@ -202,6 +219,12 @@ class HttpConnection(asyncio.Protocol):
         self._peer_eof = True
         if self._closing:
             return False  # lingering after our last response: the client is done too
+        reader = self._proxy_reader
+        if reader is not None:
+            if reader.buffered_bytes:
+                self._log_refusal(reasons.PROXY_HEADER_INVALID, "closed inside the header", b"")
+            self._close()
+            return False
         call = self._call
         if self._call_active and call is not None and not call.thread_id:
             # Half-closed while its request waits for a thread. The client may still read the
@@ -240,6 +263,32 @@ class HttpConnection(asyncio.Protocol):
             self._process()
 
     # -- reading and dispatching -------------------------------------------------------------
+
+    def _take_proxy_header(self, data: bytes) -> bytes:
+        """Feed the PROXY protocol reader; the bytes after the header once it is complete."""
+        reader = self._proxy_reader
+        assert reader is not None
+        try:
+            header = reader.feed(data)
+        except ProxyProtocolError as exc:
+            self._log_refusal(reasons.by_code(exc.code), exc.detail, b"")
+            self._close()
+            return b""
+        if header is None:
+            if not self._head_deadline_armed:
+                self._head_deadline_armed = True  # the header is bounded by the head deadline
+                self._arm_timer(self._limits.head_timeout_s, self._on_head_timeout)
+            return b""
+        self._proxy_reader = None
+        if not header.local and header.source_addr is not None:
+            self._peer = (header.source_addr, header.source_port or 0)
+        if not self._shared.admit_client(self, self._peer):
+            self._close()
+            return b""
+        if not header.remainder:
+            self._head_deadline_armed = False
+            self._arm_timer(self._limits.keepalive_timeout_s, self._on_idle_timeout)
+        return header.remainder
 
     def _process(self) -> None:
         parser = self._parser
@@ -321,6 +370,18 @@ class HttpConnection(asyncio.Protocol):
         self._response_started = False
         self._started_at = time.monotonic()
         shared = self._shared
+        peer = self._peer
+        resolution = resolve(
+            peer[0] if peer else None,
+            head.headers,
+            shared.forwarders,
+            family=shared.forwarded_headers,
+        )
+        if resolution.error is not None:
+            self._refuse_now(
+                reasons.FORWARDED_INVALID, resolution.detail, self._request_line(), retry_after=None
+            )
+            return
         if head.has_body:
             self._body_received = 0
             self._body_window = RateWindow(
@@ -350,6 +411,7 @@ class HttpConnection(asyncio.Protocol):
             wsgi_input=wsgi_input,
             wsgi_errors=shared.wsgi_errors,
             file_wrapper=FileWrapper,
+            resolution=resolution,
         )
         framer = ResponseFramer(
             is_head=head.method == b"HEAD",
@@ -836,6 +898,11 @@ class HttpConnection(asyncio.Protocol):
             self._close()
 
     def _on_head_timeout(self) -> None:
+        if self._proxy_reader is not None:
+            detail = f"header not complete in {self._limits.head_timeout_s:g} s"
+            self._log_refusal(reasons.PROXY_HEADER_INVALID, detail, b"")
+            self._close()
+            return
         if self._head is None and not self._call_active:
             self._log_refusal(reasons.HEAD_TIMEOUT, f"{self._limits.head_timeout_s:g} s", b"")
             self._write_refusal(reasons.HEAD_TIMEOUT, retry_after=None)

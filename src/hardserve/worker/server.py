@@ -10,9 +10,10 @@ import sys
 import traceback
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from hardserve.http import reasons
+from hardserve.http.forwarded import HeaderFamily, TrustedPeers
 from hardserve.http.parser import RequestHead
 from hardserve.http.response import ResponseFramer
 from hardserve.http.target import PathPolicy
@@ -117,24 +118,15 @@ class WorkerShared:
         self._client_connections: dict[str, int] = {}
         self._client_in_flight: dict[str, int] = {}
         self.acceptor: Acceptor | None = None
-        # Peers whose connections are not counted per client: a trusted proxy carries many
-        # clients' connections.
-        self.uncounted_peer: Callable[[str], bool] = _never
+        self.forwarders = TrustedPeers.parse(config.forwarded_allow_ips)
+        self.forwarded_headers: HeaderFamily = cast(HeaderFamily, config.forwarded_headers)
+        self.proxy_peers = (
+            TrustedPeers.parse(config.proxy_allow_ips) if config.proxy_protocol == "on" else None
+        )
+        # A trusted proxy carries many clients' connections: it is not counted as one client.
+        self.uncounted_peer: Callable[[str], bool] = self.forwarders.contains
 
-    def connection_opened(self, connection: HttpConnection) -> bool:
-        """A new connection; False when its client already holds its share of connections
-        (the connection is then closed at once, unanswered)."""
-        peer = connection.peer
-        if peer is not None and not self.uncounted_peer(peer[0]):
-            address = peer[0]
-            count = self._client_connections.get(address, 0)
-            if count >= self._client_connections_max:
-                log_refusal(
-                    reasons.CLIENT_CONNECTIONS.code, 0, peer, b"", f"{count} connections open"
-                )
-                return False
-            self._client_connections[address] = count + 1
-            connection.counted_address = address
+    def connection_opened(self, connection: HttpConnection) -> None:
         self.connections.add(connection)
         acceptor = self.acceptor
         if len(self.connections) >= self._connections_max and acceptor is not None:
@@ -144,6 +136,20 @@ class WorkerShared:
                     len(self.connections),
                 )
             acceptor.pause()
+
+    def admit_client(self, connection: HttpConnection, peer: tuple[str, int] | None) -> bool:
+        """Count the connection under its client's address (the direct peer, or the source a
+        PROXY protocol header gave); False when that client already holds its share (the
+        connection is then closed at once, unanswered)."""
+        if peer is None or self.uncounted_peer(peer[0]):
+            return True
+        address = peer[0]
+        count = self._client_connections.get(address, 0)
+        if count >= self._client_connections_max:
+            log_refusal(reasons.CLIENT_CONNECTIONS.code, 0, peer, b"", f"{count} connections open")
+            return False
+        self._client_connections[address] = count + 1
+        connection.counted_address = address
         return True
 
     def connection_closed(self, connection: HttpConnection) -> None:
@@ -242,10 +248,6 @@ class WorkerShared:
         except TimeoutError:
             return False
         return True
-
-
-def _never(address: str) -> bool:
-    return False
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:
