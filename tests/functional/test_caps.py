@@ -154,3 +154,39 @@ def test_refused_pool_admission_does_not_leak_a_client_slot() -> None:
             assert read_responses(held[0], 1)[0][0].status == 200
         for _ in range(3):
             assert exchange(server, REQUEST)[0][0].status == 200
+
+
+def test_a_request_queued_past_queue_timeout_gets_503_without_touching_the_app() -> None:
+    app = GateApp()
+    limits = Limits(queue_timeout_s=0.3)
+    with (
+        serve(app, limits=limits, threads=1) as server,
+        holding(server, app, 1) as held,
+        server.connect() as queued,
+    ):
+        queued.sendall(b"GET /queued HTTP/1.1\r\nHost: x\r\n\r\n")
+        responses, closed = read_responses(queued, 1)
+        assert responses[0].status == 503
+        assert responses[0].header("Retry-After") == "1"
+        assert not closed
+        # The connection goes on: once the thread is free, its next request is served.
+        app.release.set()
+        assert read_responses(held[0], 1)[0][0].status == 200
+        queued.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_responses(queued, 1)[0][0].body == b"/next"
+    assert "/queued" not in app.paths
+
+
+def test_a_request_queued_less_than_queue_timeout_is_served() -> None:
+    app = GateApp()
+    limits = Limits(queue_timeout_s=5.0)
+    with (
+        serve(app, limits=limits, threads=1) as server,
+        holding(server, app, 1) as held,
+        server.connect() as queued,
+    ):
+        queued.sendall(b"GET /queued HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert nothing_arrives(queued)  # waiting behind the held request
+        app.release.set()
+        assert read_responses(held[0], 1)[0][0].status == 200
+        assert read_responses(queued, 1)[0][0].body == b"/queued"

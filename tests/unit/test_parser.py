@@ -900,7 +900,7 @@ def test_a_line_over_its_limit_is_refused_before_its_end_arrives() -> None:
 # Codes given by the connection, the pool or the proxy layers, not by the request parser.
 NOT_FROM_THE_PARSER = {
     "head_timeout", "body_timeout", "body_too_slow", "send_timeout", "send_too_slow",
-    "pool_saturated", "client_in_flight", "client_connections",
+    "pool_saturated", "queue_timeout", "client_in_flight", "client_connections",
     "proxy_header_invalid", "proxy_header_missing", "proxy_peer_untrusted", "forwarded_invalid",
 }
 

@@ -84,6 +84,14 @@ class Limits:
     # lingering_time 30 s, lingering_timeout 5 s; Apache 2 s).
     linger_timeout_s: float = 2.0
 
+    # A request that has waited this long in the pool's queue without a thread is answered 503
+    # with Retry-After from the loop, without touching the app: the queue absorbs bursts, and
+    # under sustained overload a quick 503 the client can retry elsewhere beats an answer that
+    # comes after the client (or its proxy, commonly 30 to 60 s) has given up. Checked a few
+    # times a second, so the 503 can come up to a quarter second late. No peer has one
+    # (waitress only logs its queue depth).
+    queue_timeout_s: float = 10.0
+
     # A request still in the app after this many seconds gets one error-log line with its
     # request line and the stack of the thread running it, so an operator sees where it hangs.
     # Logged, not killed: a thread cannot be stopped safely (the supervisor decides on

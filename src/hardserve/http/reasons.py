@@ -103,6 +103,9 @@ PROXY_PEER_UNTRUSTED = _reason(
 POOL_SATURATED = _reason(
     "pool_saturated", 503, "every pool thread busy and the queue full", close=False
 )
+QUEUE_TIMEOUT = _reason(
+    "queue_timeout", 503, "waited in the pool's queue longer than the limit", close=False
+)
 CLIENT_IN_FLIGHT = _reason(
     "client_in_flight", 503, "client address has too many requests in flight", close=False
 )

@@ -467,6 +467,25 @@ class HttpConnection(asyncio.Protocol):
                 self._transport.close()
         return True
 
+    def shed_if_queued_since(self, cutoff: float) -> None:
+        """Answer 503 to the request if it has waited for a pool thread since before `cutoff`
+        (time.monotonic()); the app never sees it."""
+        call = self._call
+        if not self._call_active or call is None or self._started_at > cutoff:
+            return
+        if not call.cancel():
+            return  # a thread took it meanwhile
+        self._call_active = False
+        self._release_slot()
+        self._end_client_request()
+        head = self._head
+        if head is not None:
+            self._shared.request_finished(self, head, self._framer, "queue_timeout", 0.0)
+        waited = f"queued {time.monotonic() - self._started_at:.1f} s"
+        self._refuse_now(reasons.QUEUE_TIMEOUT, waited, self._request_line(), retry_after=1)
+        if not self._closing:
+            self._process()  # _refuse_now went on to the next cycle; read what is buffered
+
     def _request_continue(self) -> None:
         """On the app's thread, at its first wsgi.input read."""
         self._pool.call_in_loop(self._send_continue)

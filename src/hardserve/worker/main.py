@@ -96,13 +96,18 @@ class Worker:
     def _watch_overdue(
         self, loop: asyncio.AbstractEventLoop, shared: WorkerShared
     ) -> list[asyncio.TimerHandle]:
-        # Checked a few times per timeout (at most once a second): a report may come up to a
-        # quarter of the timeout late, which is what an operator reading the log can tell apart.
-        interval = min(1.0, max(shared.config.limits.request_timeout_s / 4, 0.01))
+        # Checked a few times per timeout (at most once a second): a report or a 503 may come up
+        # to a quarter of the timeout late, which is what an operator or a client can tell apart.
+        limits = shared.config.limits
+        interval = min(1.0, max(min(limits.request_timeout_s, limits.queue_timeout_s) / 4, 0.01))
         handle: list[asyncio.TimerHandle] = []
+        pool = shared.pool
 
         def check() -> None:
-            shared.report_overdue_requests(time.monotonic())
+            now = time.monotonic()
+            shared.report_overdue_requests(now)
+            if pool.in_flight > pool.size:  # some calls wait for a thread
+                shared.shed_stale_queued_requests(now)
             handle[:] = [loop.call_later(interval, check)]
 
         handle.append(loop.call_later(interval, check))

@@ -232,6 +232,11 @@ class WorkerShared:
                 stack.rstrip(),
             )
 
+    def shed_stale_queued_requests(self, now: float) -> None:
+        cutoff = now - self.config.limits.queue_timeout_s
+        for connection in list(self.connections):
+            connection.shed_if_queued_since(cutoff)
+
     async def drain(self, timeout_s: float) -> bool:
         """Close idle connections, let busy ones finish their response; True if all closed."""
         self.stopping = True
