@@ -710,7 +710,10 @@ def test_a_request_past_the_request_timeout_logs_its_stack_once(
     assert "hang_here_waiting_for_a_lock" in report
 
 
-def test_a_stalled_upload_fails_the_apps_read_after_the_body_idle_timeout() -> None:
+def test_a_stalled_upload_fails_the_apps_read_after_the_body_idle_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="hardserve.security")
     errors: list[BaseException] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -729,3 +732,4 @@ def test_a_stalled_upload_fails_the_apps_read_after_the_body_idle_timeout() -> N
     assert b"body_timeout" in responses[0].body
     assert closed
     assert len(errors) == 1 and "no request body received" in str(errors[0])
+    assert "reason=body_timeout status=408" in caplog.text

@@ -35,6 +35,7 @@ class BodyChannel:
         idle_timeout_s: float,
         resume_reading: Callable[[], None],
         first_read: Callable[[], None] | None,
+        on_idle_timeout: Callable[[str], None] | None = None,
     ) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._chunks: deque[bytes] = deque()
@@ -47,6 +48,7 @@ class BodyChannel:
         # Both run on the app's thread and must only hand work to the loop.
         self._resume_reading = resume_reading
         self._first_read = first_read
+        self._on_idle_timeout = on_idle_timeout  # runs on the app's thread: only logs
 
     # -- loop side ---------------------------------------------------------------------------
 
@@ -90,11 +92,10 @@ class BodyChannel:
                 if self._ended:
                     return b""
                 if not self._cond.wait(self._idle_timeout_s):
-                    raise BodyReadError(
-                        f"no request body received for {self._idle_timeout_s:g} s",
-                        status=408,
-                        code="body_timeout",
-                    )
+                    message = f"no request body received for {self._idle_timeout_s:g} s"
+                    if self._on_idle_timeout is not None:
+                        self._on_idle_timeout(message)
+                    raise BodyReadError(message, status=408, code="body_timeout")
             data = self._chunks.popleft()
             self._buffered -= len(data)
             resume = self._paused and self._buffered <= self._limit // 2

@@ -396,6 +396,7 @@ class HttpConnection(asyncio.Protocol):
                 self._limits.body_idle_timeout_s,
                 self._request_resume,
                 first_read,
+                self._log_body_timeout,
             )
             self._input = InputStream(self._body)
             wsgi_input: Any = self._input
@@ -749,6 +750,10 @@ class HttpConnection(asyncio.Protocol):
         else:
             # Called from inside _process, whose loop goes on to the next request.
             self._next_cycle(process=False)
+
+    def _log_body_timeout(self, detail: str) -> None:
+        """On the app's thread, when its wsgi.input read waited body_idle_timeout_s in vain."""
+        self._log_refusal(reasons.BODY_TIMEOUT, detail, self._request_line())
 
     def _log_refusal(self, reason: Reason, detail: str, request_line: bytes) -> None:
         log_refusal(reason.code, reason.status, self._peer, request_line, detail)
