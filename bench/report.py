@@ -393,7 +393,20 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         lines += case_table(case, summary[case])
     lines += handoff_section(raw.get("handoff"))
     lines += logs_section(raw["processes"])
-    RESULTS_MD.write_text("\n".join(lines).rstrip() + "\n")
+    RESULTS_MD.write_text("\n".join(lines).rstrip() + "\n" + _kept_sections())
+
+
+# Sections written by hand (figures measured by other commands) that a rebuild keeps.
+KEPT_HEADINGS = ("## Hardening figures",)
+
+
+def _kept_sections() -> str:
+    if not RESULTS_MD.exists():
+        return ""
+    old = RESULTS_MD.read_text()
+    starts = [old.find("\n" + heading + "\n") for heading in KEPT_HEADINGS]
+    found = [start for start in starts if start >= 0]
+    return "\n" + old[min(found) + 1 :] if found else ""
 
 
 def main(argv: list[str]) -> int:
