@@ -14,16 +14,14 @@ and clients that reset their connection at once.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import socket
 import struct
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from tests.functional.test_corpus_wire import parse_responses
+from tests.functional.test_corpus_wire import ANSWER, Recorder, parse_responses
 from tests.helpers import (
     TIMEOUT_S,
     RunningServer,
@@ -36,44 +34,6 @@ from tests.helpers import (
 from tests.unit.test_security_corpus import SecurityCase, case_params, security_cases
 
 pytestmark = pytest.mark.timeout(20)
-
-ANSWER = b"ok\n"
-
-
-@dataclasses.dataclass
-class Call:
-    path_info: str
-    body: bytes | None = None  # None until wsgi.input was read to its end
-    error: str | None = None  # why reading wsgi.input failed
-
-
-class Recorder:
-    """A WSGI app that records every call, reads the whole body, then answers 200."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.calls: list[Call] = []
-
-    def take(self) -> list[Call]:
-        with self._lock:
-            calls, self.calls = self.calls, []
-        return calls
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        call = Call(environ["PATH_INFO"])
-        with self._lock:
-            self.calls.append(call)
-        try:
-            body = environ["wsgi.input"].read()
-        except OSError as exc:
-            call.error = f"{type(exc).__name__}: {exc}"
-            raise
-        call.body = body
-        start_response(
-            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(ANSWER)))]
-        )
-        return [ANSWER]
-
 
 @pytest.fixture(scope="module", params=["uvloop", "asyncio"])
 def corpus_server(request: pytest.FixtureRequest) -> Iterator[tuple[RunningServer, Recorder]]:
