@@ -216,10 +216,9 @@ _LIMIT_MINIMUMS: dict[str, int] = {
     "body_buffer_bytes": 1024,
     "write_buffer_bytes": 1024,
     "write_queue_bytes": 1024,
-    # At 0 a worker would never accept a connection or admit a request: at least one.
+    # At 0 a worker would never accept a connection: at least one.
     "connections_max": 1,
     "client_connections_max": 1,
-    "client_in_flight_max": 1,
 }
 _LIMIT_MAXIMUMS: dict[str, int] = {
     "write_buffer_bytes": _C_INT_MAX,  # uvloop's set_write_buffer_limits takes a C int

@@ -370,3 +370,32 @@ def test_pipelined_bytes_behind_a_running_request_are_bounded() -> None:
         # Loopback kernel buffers hold a few MiB; the worker itself keeps 64 KiB.
         assert accepted < 24 * 1024 * 1024, accepted
         assert server.worker.shared.connections  # type: ignore[union-attr]
+
+
+def test_pipelined_bytes_behind_a_response_the_client_does_not_read_are_bounded() -> None:
+    """The app has finished, but its response waits for a client that does not read it while
+    it keeps pipelining requests: the worker keeps at most pipeline_buffer_bytes of them and
+    stops reading, instead of buffering whatever the client sends until the slow-reader
+    check drops it."""
+    answered = threading.Event()
+
+    def big(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        answered.set()
+        return [b"r" * (16 * 1024 * 1024)]
+
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    flood = request * (64 * 1024 * 1024 // len(request))
+    with serve(big) as server, server.connect() as sock:
+        sock.sendall(request)
+        assert answered.wait(TIMEOUT_S)
+        sock.settimeout(1.0)
+        accepted = 0
+        with contextlib.suppress(TimeoutError):
+            while accepted < len(flood):
+                accepted += sock.send(flood[accepted : accepted + 1024 * 1024])
+        # Kernel buffers hold a few MiB; unbounded, the worker took all 64 MiB in about 0.2 s.
+        assert accepted < 24 * 1024 * 1024, accepted
+        (connection,) = server.worker.shared.connections  # type: ignore[union-attr]
+        # What the worker holds: at most the limit plus one read from the socket (256 KiB).
+        assert connection._parser.buffered_bytes <= 65536 + 262144

@@ -300,7 +300,6 @@ SIZE_MINIMUMS = {
     "write_queue_bytes": 1024,
     "connections_max": 1,
     "client_connections_max": 1,
-    "client_in_flight_max": 1,
 }
 
 

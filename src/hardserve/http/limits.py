@@ -140,6 +140,9 @@ class Limits:
 
     # Requests of one client address (the forwarded one behind a trusted proxy) admitted to the
     # pool at once in one worker, running or queued; past it 503 with Retry-After, from the
-    # loop, without touching the app, so one client cannot take every thread and queue slot
-    # (8 threads + 64 queued by default). No peer has one.
-    client_in_flight_max: int = 32
+    # loop, without touching the app. 0, the default, turns it off: one address is often many
+    # clients (a proxy not declared trusted, a NAT, a load generator), so a default cap turns
+    # ordinary load into 503s, and only a cap below the thread count keeps one client from
+    # taking every thread; the pool itself is bounded by threads and pool_queue_max either
+    # way. For a server at the edge, set it below --threads. No peer has one.
+    client_in_flight_max: int = 0

@@ -293,10 +293,12 @@ class HttpConnection(asyncio.Protocol):
     def _process(self) -> None:
         parser = self._parser
         while not self._closing and not self._refused:
-            if self._head is None and (self._writing_paused or self._call_active):
-                return  # the previous response is still leaving; read the next head after it
-            if self._call_active and parser.message_done:
-                # The app is still answering; the next request waits in the parser's buffer.
+            if (self._head is None and (self._writing_paused or self._call_active)) or (
+                self._call_active and parser.message_done
+            ):
+                # The app is still answering, or its response is still leaving: the next
+                # request waits in the parser's buffer, and past the pipeline limit the socket
+                # is not read (TCP pushes back) until the response is out.
                 if parser.buffered_bytes > self._limits.pipeline_buffer_bytes:
                     self._pause_reading()
                 return

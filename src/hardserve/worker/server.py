@@ -173,8 +173,8 @@ class WorkerShared:
     def client_request_started(self, address: str) -> bool:
         """Count a request of `address` admitted to the pool; False (not counted) when the
         client already has its share in flight. Unix-socket peers (address "") are not
-        limited."""
-        if not address:
+        limited, nor is anyone when the cap is 0 (off)."""
+        if not address or not self._client_in_flight_max:
             return True
         count = self._client_in_flight.get(address, 0)
         if count >= self._client_in_flight_max:
@@ -183,7 +183,7 @@ class WorkerShared:
         return True
 
     def client_request_ended(self, address: str) -> None:
-        if address:
+        if address and self._client_in_flight_max:
             _decrement(self._client_in_flight, address)
 
     def request_finished(
