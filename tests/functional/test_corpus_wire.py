@@ -9,7 +9,10 @@ parsed by h11 in the client role. Expectations come from tests/unit/test_corpus.
   pinned reason, or closes;
 - valid: the app saw exactly the corpus's requests (method, PATH_INFO, QUERY_STRING, RAW_URI,
   header fields, body), each answered 200; or, for a listed deviation, the requests before the
-  refused one, then the refusal's status.
+  refused one, then the refusal's status (none for status 0: closed unanswered).
+
+The PROXY protocol cases run on a listener with proxy_protocol on, 127.0.0.1 allowed: there
+REMOTE_ADDR and REMOTE_PORT must be the client the header names.
 """
 
 from __future__ import annotations
@@ -27,21 +30,22 @@ import h11
 import pytest
 
 from hardserve.http import reasons
-from hardserve.http.limits import Limits
 from tests.helpers import TIMEOUT_S, RunningServer, serve
 from tests.unit.test_corpus import (
     BODY_REFUSALS,
     DEVIATIONS,
     INCOMPLETE_AT_EOF,
     INVALID_REFUSED_WITH,
+    PROXY_CLIENTS,
+    PROXY_OFF_REFUSED_WITH,
     WITH_HOST_REFUSED_WITH,
-    Case,
+    Settings,
     corpus,
     expected_with_host,
     hardserve_settings,
+    parse_case,
     with_host,
 )
-from tests.unit.test_parser import drive
 
 ANSWER = b"recorded\n"
 
@@ -55,6 +59,9 @@ class Call:
     fields: dict[str, str]
     body: bytes | None = None  # None until wsgi.input was read to its end
     error: str | None = None  # why reading wsgi.input failed
+    # Who the server says the client is; checked on their own, not by ==.
+    remote: tuple[str, str] = dataclasses.field(default=("", ""), compare=False)
+    url_scheme: str = dataclasses.field(default="", compare=False)
 
     @property
     def complete(self) -> bool:
@@ -85,6 +92,8 @@ class Recorder:
             environ["QUERY_STRING"],
             environ["RAW_URI"],
             fields,
+            remote=(environ["REMOTE_ADDR"], environ["REMOTE_PORT"]),
+            url_scheme=environ["wsgi.url_scheme"],
         )
         with self._lock:
             self.calls.append(call)
@@ -100,26 +109,36 @@ class Recorder:
         return [ANSWER]
 
 
+ServerFor = Callable[[Settings], tuple[RunningServer, Recorder]]
+# The test client's address: it stands for gunicorn's proxy_allow_ips and forwarded_allow_ips '*'.
+CLIENT = "127.0.0.1"
+
+
 @pytest.fixture(scope="module")
-def server_for() -> Iterator[Callable[[Case], tuple[RunningServer, Recorder]]]:
-    """One worker per distinct setting (limits, underscore policy), started on first use."""
-    running: dict[tuple[Limits, bool], tuple[RunningServer, Recorder]] = {}
+def server_for() -> Iterator[ServerFor]:
+    """One worker per distinct settings (limits, underscore policy, PROXY protocol, trusted
+    forwarding), started on first use."""
+    running: dict[Settings, tuple[RunningServer, Recorder]] = {}
     with contextlib.ExitStack() as stack:
 
-        def get(case: Case) -> tuple[RunningServer, Recorder]:
-            key = hardserve_settings(case)
-            if key not in running:
-                limits, refuse_underscore = key
+        def get(settings: Settings) -> tuple[RunningServer, Recorder]:
+            if settings not in running:
                 recorder = Recorder()
+                extra: dict[str, str] = {}
+                if settings.proxy_protocol:
+                    extra.update(proxy_protocol="on", proxy_allow_ips=CLIENT)
+                if settings.trust_forwarded:
+                    extra.update(forwarded_allow_ips=CLIENT)
                 server = stack.enter_context(
                     serve(
                         recorder,
-                        limits=limits,
-                        underscore_headers="refuse" if refuse_underscore else "drop",
+                        limits=settings.limits,
+                        underscore_headers="refuse" if settings.refuse_underscore else "drop",
+                        **extra,
                     )
                 )
-                running[key] = (server, recorder)
-            return running[key]
+                running[settings] = (server, recorder)
+            return running[settings]
 
         yield get
 
@@ -159,6 +178,8 @@ def send_case(server: RunningServer, recorder: Recorder, raw: bytes) -> Exchange
 
 def parse_responses(data: bytes) -> tuple[list[int], list[bytes]]:
     """The complete responses in `data`, followed by EOF, as an h11 client reads them."""
+    if not data:
+        return [], []  # closed unanswered
     conn = h11.Connection(h11.CLIENT)
     conn.receive_data(data)
     conn.receive_data(b"")
@@ -211,61 +232,71 @@ def expected_call(want: dict[str, Any]) -> Call:
     )
 
 
-def assert_calls(calls: list[Call], expected: list[dict[str, Any]]) -> None:
+def assert_calls(calls: list[Call], expected: list[dict[str, Any]], name: str) -> None:
     assert [c.complete for c in calls] == [True] * len(expected), calls
     for call, want in zip(calls, expected, strict=True):
         assert call == expected_call(want)
+        assert_client(call, name)
+
+
+def assert_client(call: Call, name: str) -> None:
+    """REMOTE_ADDR and REMOTE_PORT: the client a PROXY header names, else the test client."""
+    if name in PROXY_CLIENTS:
+        address, port = PROXY_CLIENTS[name]
+        assert call.remote == (address, str(port))
+    else:
+        assert call.remote[0] == CLIENT
+
+
+def statuses_for(code: str, before: int = 0) -> list[int]:
+    """200 for each request served before the refusal, then the refusal's status (none when it
+    closes unanswered)."""
+    status = reasons.by_code(code).status
+    return [200] * before + ([status] if status else [])
 
 
 def _names(valid: bool) -> list[str]:
     return [name for name, case in corpus().items() if case.valid is valid]
 
 
-def _yielded_before_refusal(case: Case, raw: bytes) -> int:
-    limits, refuse_underscore = hardserve_settings(case)
-    return len(drive([raw], limits, refuse_underscore=refuse_underscore).requests)
-
-
 @pytest.mark.parametrize("name", _names(False))
-def test_invalid_case_never_reaches_the_app(
-    name: str, server_for: Callable[[Case], tuple[RunningServer, Recorder]]
-) -> None:
+def test_invalid_case_never_reaches_the_app(name: str, server_for: ServerFor) -> None:
     case = corpus()[name]
     code = INVALID_REFUSED_WITH[name]
-    exchange = send_case(*server_for(case), case.raw)
+    exchange = send_case(*server_for(hardserve_settings(case)), case.raw)
     assert not any(c.complete for c in exchange.calls), exchange.calls
     if code in BODY_REFUSALS:
         # The head went to the app; its wsgi.input read failed.
         assert len(exchange.calls) == 1 and exchange.calls[0].error, exchange.calls
     else:
         assert exchange.calls == []
-    status = reasons.by_code(code).status
     if exchange.reset and not exchange.statuses:
         return  # closed without an answer: allowed for a refused request
-    assert exchange.statuses == [status]
+    assert exchange.statuses == statuses_for(code)
 
 
 @pytest.mark.parametrize("name", _names(True))
-def test_valid_case_reaches_the_app(
-    name: str, server_for: Callable[[Case], tuple[RunningServer, Recorder]]
-) -> None:
+def test_valid_case_reaches_the_app(name: str, server_for: ServerFor) -> None:
     case = corpus()[name]
-    exchange = send_case(*server_for(case), case.raw)
+    exchange = send_case(*server_for(hardserve_settings(case)), case.raw)
     if name in DEVIATIONS:
         code, _ = DEVIATIONS[name]
-        before = _yielded_before_refusal(case, case.raw)
+        before = len(parse_case(case).requests)
         assert before < len(case.expected)
-        assert_calls(exchange.calls, case.expected[:before])
-        assert exchange.statuses == [200] * before + [reasons.by_code(code).status]
+        assert_calls(exchange.calls, case.expected[:before], name)
+        assert exchange.statuses == statuses_for(code, before)
     elif name in INCOMPLETE_AT_EOF:
         code, _ = INCOMPLETE_AT_EOF[name]
         (call,) = exchange.calls
         (want,) = case.expected
         assert call.error and not call.complete
-        assert dataclasses.replace(call, error=None) == dataclasses.replace(expected_call(want), body=None)
-        assert exchange.statuses == [reasons.by_code(code).status]
+        assert dataclasses.replace(call, error=None) == dataclasses.replace(
+            expected_call(want), body=None
+        )
+        assert_client(call, name)
+        assert exchange.statuses == statuses_for(code)
     else:
-        assert_calls(exchange.calls, case.expected)
+        assert_calls(exchange.calls, case.expected, name)
         assert exchange.statuses == [200] * len(case.expected)
         assert exchange.bodies == [ANSWER] * len(case.expected)
         assert not exchange.reset
@@ -274,16 +305,49 @@ def test_valid_case_reaches_the_app(
 @pytest.mark.parametrize(
     "name", sorted(c for c, (code, _) in DEVIATIONS.items() if code == "missing_host")
 )
-def test_valid_case_with_host_added_reaches_the_app(
-    name: str, server_for: Callable[[Case], tuple[RunningServer, Recorder]]
-) -> None:
+def test_valid_case_with_host_added_reaches_the_app(name: str, server_for: ServerFor) -> None:
     case = corpus()[name]
-    exchange = send_case(*server_for(case), with_host(case.raw))
+    exchange = send_case(*server_for(hardserve_settings(case)), with_host(case.raw))
     expected = expected_with_host(case)
     if name in WITH_HOST_REFUSED_WITH:
         (call,) = exchange.calls
         assert call.error and not call.complete
-        assert exchange.statuses == [reasons.by_code(WITH_HOST_REFUSED_WITH[name]).status]
+        assert exchange.statuses == statuses_for(WITH_HOST_REFUSED_WITH[name])
     else:
-        assert_calls(exchange.calls, expected)
+        assert_calls(exchange.calls, expected, name)
         assert exchange.statuses == [200] * len(expected)
+
+
+def test_proxy_cases_run_on_a_proxy_protocol_listener() -> None:
+    # Otherwise the tests above would pass the PROXY cases on a plain listener.
+    for name in (*PROXY_CLIENTS, "valid/pp_03", "invalid/pp_01"):
+        assert hardserve_settings(corpus()[name]).proxy_protocol, name
+
+
+@pytest.mark.parametrize("name", sorted(PROXY_OFF_REFUSED_WITH))
+def test_proxy_case_on_a_listener_without_the_protocol_is_refused_as_http(
+    name: str, server_for: ServerFor
+) -> None:
+    case = corpus()[name]
+    plain = hardserve_settings(case)._replace(proxy_protocol=False)
+    exchange = send_case(*server_for(plain), case.raw)
+    assert exchange.calls == []
+    assert exchange.statuses == statuses_for(PROXY_OFF_REFUSED_WITH[name])
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted", "trusted"])
+def test_invalid_019_with_host_added_is_served(server_for: ServerFor, trusted: bool) -> None:
+    # X-Forwarded-Proto: https beside X-Forwarded-Ssl: off (docs/deviations.md). Untrusted: both
+    # removed, the listener's scheme. Trusted: X-Forwarded-Proto gives the scheme; hardserve
+    # does not read X-Forwarded-Ssl, which reaches the app as sent.
+    case = corpus()["invalid/019"]
+    assert hardserve_settings(case).trust_forwarded
+    settings = hardserve_settings(case)._replace(trust_forwarded=trusted)
+    exchange = send_case(*server_for(settings), with_host(case.raw))
+    assert exchange.statuses == [200]
+    (call,) = exchange.calls
+    assert call.complete
+    forwarded = {"HTTP_X_FORWARDED_PROTO": "https", "HTTP_X_FORWARDED_SSL": "off"}
+    assert call.fields == {"HTTP_HOST": "corpus.test", **(forwarded if trusted else {})}
+    assert call.url_scheme == ("https" if trusted else "http")
+    assert call.remote[0] == CLIENT

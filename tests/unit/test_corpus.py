@@ -17,14 +17,15 @@ import dataclasses
 import json
 import re
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from hardserve.http import reasons
 from hardserve.http.limits import Limits
+from hardserve.http.proxy_protocol import ProxyHeaderReader, ProxyProtocolError
 from tests.helpers import CORPUS, ROOT
-from tests.unit.test_parser import Outcome, Request, parse
+from tests.unit.test_parser import Outcome, Request, drive, parse, splittings
 
 DOC = ROOT / "docs" / "deviations.md"
 
@@ -32,19 +33,25 @@ DOC = ROOT / "docs" / "deviations.md"
 NO_EQUIVALENT = frozenset(
     {
         "permit_obsolete_folding",
-        "proxy_protocol",
         "strip_header_spaces",
         "casefold_http_method",
         "permit_unconventional_http_method",
-        "forwarded_allow_ips",
     }
+)
+# gunicorn settings hardserve_settings() maps onto hardserve's.
+MAPPED = (
+    "limit_request_line",
+    "limit_request_field_size",
+    "limit_request_fields",
+    "header_map",
+    "proxy_protocol",
+    "forwarded_allow_ips",
 )
 # gunicorn's default limit_request_field_size, which it also uses when the setting is 0.
 GUNICORN_FIELD_SIZE_DEFAULT = 8190
 
 _MISSING_HOST = "HTTP/1.1 without Host: RFC 9112 section 3.2 MUST answer 400"
 _TE = "Transfer-Encoding other than exactly 'chunked': RFC 9112 section 6.1, 501"
-_PROXY = "PROXY protocol header: not supported, the bytes are not an HTTP request line"
 
 # Valid cases hardserve refuses on purpose: case -> (reason code, why). See docs/deviations.md.
 DEVIATIONS: dict[str, tuple[str, str]] = {
@@ -58,7 +65,10 @@ DEVIATIONS: dict[str, tuple[str, str]] = {
     "valid/007": ("missing_host", _MISSING_HOST),
     "valid/010": ("missing_host", _MISSING_HOST),
     "valid/011": ("missing_host", _MISSING_HOST),
-    "valid/012": ("missing_host", _MISSING_HOST + "; with Host, its Content-Type trailer is refused"),
+    "valid/012": (
+        "missing_host",
+        _MISSING_HOST + "; with Host, its Content-Type trailer is refused",
+    ),
     "valid/013": ("missing_host", _MISSING_HOST),
     "valid/014": ("missing_host", _MISSING_HOST),
     "valid/018": ("missing_host", _MISSING_HOST),
@@ -69,23 +79,69 @@ DEVIATIONS: dict[str, tuple[str, str]] = {
     "valid/031compat": ("missing_host", _MISSING_HOST),
     "valid/031compat2": ("missing_host", _MISSING_HOST),
     "valid/100": ("missing_host", _MISSING_HOST),
-    "valid/009": ("cl_te_conflict", "Content-Length beside Transfer-Encoding: RFC 9112 section 6.1 MAY reject; smuggling vector"),
+    "valid/009": (
+        "cl_te_conflict",
+        "Content-Length beside Transfer-Encoding: RFC 9112 section 6.1 MAY reject; smuggling vector",
+    ),
     "valid/025": ("te_not_chunked", _TE + "; gzip is not decoded"),
     "valid/025_line": ("te_not_chunked", _TE + "; gzip is not decoded"),
     "valid/029": ("te_not_chunked", _TE + "; 'identity' is no transfer coding"),
     "valid/030": ("te_not_chunked", _TE + "; 'identity' is no transfer coding"),
     "valid/rfc9112_smuggle_gzip_chunked_01": ("te_not_chunked", _TE + "; gzip is not decoded"),
-    "valid/rfc9112_smuggle_te_identity_chunked_01": ("te_not_chunked", _TE + "; 'identity' is no transfer coding"),
-    "valid/027": ("malformed_request_line", "raw non-ASCII bytes in the request-target: not a URI (RFC 9112 section 3.2, RFC 3986)"),
-    "valid/028": ("malformed_header", "whitespace between field name and colon: RFC 9112 section 5.1 MUST reject with 400"),
-    "valid/compat_obs_fold": ("obs_fold", "obsolete line folding: RFC 9112 section 5.2 allows rejecting with 400"),
-    "valid/compat_obs_fold_huge": ("obs_fold", "obsolete line folding: RFC 9112 section 5.2 allows rejecting with 400"),
-    "valid/pp_01": ("malformed_request_line", _PROXY),
-    "valid/pp_02": ("malformed_request_line", _PROXY),
-    "valid/pp_04": ("bare_lf", _PROXY + " (binary v2 header)"),
-    "valid/pp_05": ("bare_lf", _PROXY + " (binary v2 header)"),
-    "valid/rfc9112_target_authority_connect_01": ("method_not_supported", "CONNECT makes a tunnel, which WSGI cannot serve: 501 (RFC 9110 section 9.3.6)"),
-    "valid/rfc9112_target_authority_ipv6_01": ("method_not_supported", "CONNECT makes a tunnel, which WSGI cannot serve: 501 (RFC 9110 section 9.3.6)"),
+    "valid/rfc9112_smuggle_te_identity_chunked_01": (
+        "te_not_chunked",
+        _TE + "; 'identity' is no transfer coding",
+    ),
+    "valid/027": (
+        "malformed_request_line",
+        "raw non-ASCII bytes in the request-target: not a URI (RFC 9112 section 3.2, RFC 3986)",
+    ),
+    "valid/028": (
+        "malformed_header",
+        "whitespace between field name and colon: RFC 9112 section 5.1 MUST reject with 400",
+    ),
+    "valid/compat_obs_fold": (
+        "obs_fold",
+        "obsolete line folding: RFC 9112 section 5.2 allows rejecting with 400",
+    ),
+    "valid/compat_obs_fold_huge": (
+        "obs_fold",
+        "obsolete line folding: RFC 9112 section 5.2 allows rejecting with 400",
+    ),
+    "valid/pp_02": ("missing_host", _MISSING_HOST + " (behind a PROXY v1 header, which is read)"),
+    "valid/pp_03": (
+        "proxy_header_missing",
+        "no PROXY header: a listener that expects one requires it (the spec forbids guessing)",
+    ),
+    "valid/rfc9112_target_authority_connect_01": (
+        "method_not_supported",
+        "CONNECT makes a tunnel, which WSGI cannot serve: 501 (RFC 9110 section 9.3.6)",
+    ),
+    "valid/rfc9112_target_authority_ipv6_01": (
+        "method_not_supported",
+        "CONNECT makes a tunnel, which WSGI cannot serve: 501 (RFC 9110 section 9.3.6)",
+    ),
+}
+
+# The client each PROXY protocol case names, read off its raw header by hand (the JSON has no
+# address). With the protocol on, these are REMOTE_ADDR and REMOTE_PORT.
+PROXY_CLIENTS: dict[str, tuple[str, int]] = {
+    "valid/pp_01": ("192.168.0.1", 56324),  # v1 TCP4
+    "valid/pp_02": ("192.168.0.1", 56324),  # v1 TCP4
+    "valid/pp_04": ("192.168.1.10", 12345),  # v2 AF_INET
+    "valid/pp_05": ("2001:db8::1", 54321),  # v2 AF_INET6
+}
+
+# The PROXY protocol cases on a listener that does not expect the header (the default): the
+# header is read as HTTP and refused.
+PROXY_OFF_REFUSED_WITH: dict[str, str] = {
+    "valid/pp_01": "malformed_request_line",
+    "valid/pp_02": "malformed_request_line",
+    "valid/pp_04": "bare_lf",
+    "valid/pp_05": "bare_lf",
+    "invalid/pp_01": "incomplete_head",
+    "invalid/pp_02": "incomplete_head",
+    "invalid/pp_03": "incomplete_head",
 }
 
 # Valid cases whose raw bytes end inside the body: the head and every body byte present come
@@ -160,9 +216,9 @@ INVALID_REFUSED_WITH: dict[str, str] = {
     "invalid/nonascii_03": "malformed_header",
     "invalid/nonascii_04": "malformed_header",
     "invalid/obs_fold_01": "obs_fold",
-    "invalid/pp_01": "incomplete_head",
-    "invalid/pp_02": "incomplete_head",
-    "invalid/pp_03": "incomplete_head",
+    "invalid/pp_01": "proxy_header_invalid",
+    "invalid/pp_02": "proxy_header_invalid",
+    "invalid/pp_03": "proxy_header_invalid",
     "invalid/prefix_01": "malformed_request_line",
     "invalid/prefix_02": "malformed_request_line",
     "invalid/prefix_03": "invalid_content_length",
@@ -213,7 +269,11 @@ BODY_REFUSALS = frozenset(
 )
 
 ADDED_HOST = b"Host: corpus.test"
-_REQUEST_LINE_11 = re.compile(rb"(?m)^[-!#$%&'*+.^_`|~0-9A-Za-z]+ [^ \r\n]+ HTTP/1\.1\r\n")
+# A request line starts a line, or follows the previous request's body directly (valid/pp_02):
+# it is not preceded by a token character.
+_REQUEST_LINE_11 = re.compile(
+    rb"(?<![-!#$%&'*+.^_`|~0-9A-Za-z])[-!#$%&'*+.^_`|~0-9A-Za-z]+ [^ \r\n]+ HTTP/1\.1\r\n"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,10 +307,24 @@ def corpus() -> dict[str, Case]:
     return cases
 
 
-def hardserve_settings(case: Case) -> tuple[Limits, bool]:
-    """The Limits and refuse_underscore_headers matching the case's gunicorn settings."""
+class Settings(NamedTuple):
+    """The hardserve settings matching a case's gunicorn settings."""
+
+    limits: Limits
+    refuse_underscore: bool = False
+    # A PROXY protocol header is read before the HTTP stream (proxy_protocol on, with the test
+    # client's address in proxy_allow_ips).
+    proxy_protocol: bool = False
+    # The test client is a trusted proxy (forwarded_allow_ips).
+    trust_forwarded: bool = False
+
+
+def hardserve_settings(case: Case) -> Settings:
+    """The settings matching the case's gunicorn settings."""
     limits: dict[str, int] = {}
     refuse_underscore = False
+    proxy_protocol = False
+    trust_forwarded = False
     for name, value in case.settings.items():
         if name == "limit_request_line":
             # gunicorn counts the request line without its CRLF, hardserve with it.
@@ -267,14 +341,59 @@ def hardserve_settings(case: Case) -> tuple[Limits, bool]:
             # does (it drops such names).
             assert value in ("refuse", "dangerous"), value
             refuse_underscore = value == "refuse"
+        elif name == "proxy_protocol":
+            # 'auto' reads a header when the first bytes look like one; hardserve's 'on'
+            # requires one on every connection (docs/deviations.md, valid/pp_03).
+            assert value == "auto", value
+            proxy_protocol = True
+        elif name == "forwarded_allow_ips":
+            # gunicorn's '*'; hardserve refuses '*', the client's address stands for it.
+            assert value == "['*']", value
+            trust_forwarded = True
         else:
             assert name in NO_EQUIVALENT, f"unknown gunicorn setting {name}: map it here"
-    return Limits(**limits), refuse_underscore
+    return Settings(Limits(**limits), refuse_underscore, proxy_protocol, trust_forwarded)
+
+
+def _drive_proxied(
+    pieces: list[bytes], settings: Settings
+) -> tuple[tuple[str | None, int | None] | None, Outcome]:
+    """As a connection with proxy_protocol on reads `pieces`: the PROXY header first, then the
+    HTTP stream from the bytes after it. Returns the client the header names and the outcome."""
+    reader = ProxyHeaderReader()
+    for index, piece in enumerate(pieces):
+        try:
+            header = reader.feed(piece)
+        except ProxyProtocolError as exc:
+            return None, Outcome((), exc.code)
+        if header is not None:
+            rest = [p for p in (header.remainder, *pieces[index + 1 :]) if p]
+            outcome = drive(rest, settings.limits, refuse_underscore=settings.refuse_underscore)
+            return (header.source_addr, header.source_port), outcome
+    # The connection ends inside the header (or before it): as the connection answers.
+    return None, Outcome(
+        (), reasons.PROXY_HEADER_INVALID.code if reader.buffered_bytes else "closed"
+    )
+
+
+def read_case(
+    case: Case, raw: bytes | None = None
+) -> tuple[tuple[str | None, int | None] | None, Outcome]:
+    """The client a PROXY header names (None without one) and the parser's outcome, checked
+    to be the same under every splitting."""
+    settings = hardserve_settings(case)
+    data = case.raw if raw is None else raw
+    if not settings.proxy_protocol:
+        return None, parse(data, settings.limits, refuse_underscore=settings.refuse_underscore)
+    results = {name: _drive_proxied(pieces, settings) for name, pieces in splittings(data).items()}
+    reference = results["whole"]
+    for name, result in results.items():
+        assert result == reference, f"fed {name!r}: {result}, fed whole: {reference}"
+    return reference
 
 
 def parse_case(case: Case, raw: bytes | None = None) -> Outcome:
-    limits, refuse_underscore = hardserve_settings(case)
-    return parse(case.raw if raw is None else raw, limits, refuse_underscore=refuse_underscore)
+    return read_case(case, raw)[1]
 
 
 def with_host(raw: bytes) -> bytes:
@@ -343,11 +462,21 @@ def test_every_case_is_classified() -> None:
     assert not set(DEVIATIONS) & set(INCOMPLETE_AT_EOF)
     missing_host = {c for c, (code, _) in DEVIATIONS.items() if code == "missing_host"}
     assert set(WITH_HOST_DIFFERENCES) | set(WITH_HOST_REFUSED_WITH) <= missing_host
-    assert set(INVALID_WITH_HOST_REFUSED_WITH) <= {c for c, code in INVALID_REFUSED_WITH.items() if code == "missing_host"}
+    assert set(INVALID_WITH_HOST_REFUSED_WITH) <= {
+        c for c, code in INVALID_REFUSED_WITH.items() if code == "missing_host"
+    }
     known = {r.code for r in reasons.all_reasons()}
     codes = [code for code, _ in DEVIATIONS.values()] + list(INVALID_REFUSED_WITH.values())
     codes += [*WITH_HOST_REFUSED_WITH.values(), *INVALID_WITH_HOST_REFUSED_WITH.values()]
+    codes += PROXY_OFF_REFUSED_WITH.values()
     assert set(codes) <= known
+    # Every PROXY protocol case is also run without the protocol; every valid one whose header
+    # is read names its client.
+    proxied = {name for name, case in corpus().items() if hardserve_settings(case).proxy_protocol}
+    assert set(PROXY_OFF_REFUSED_WITH) | set(PROXY_CLIENTS) <= proxied
+    assert proxied - set(PROXY_OFF_REFUSED_WITH) == {"valid/pp_03"}  # no header: nothing to refuse
+    headed = {name for name in proxied if name.startswith("valid/") and name != "valid/pp_03"}
+    assert set(PROXY_CLIENTS) == headed
 
 
 def test_only_known_gunicorn_settings_appear() -> None:
@@ -363,7 +492,7 @@ def test_gunicorn_limits_map_onto_the_same_bytes() -> None:
     assert Limits().header_field_max_bytes == GUNICORN_FIELD_SIZE_DEFAULT
     # And valid/024 holds an 8189-byte request line (without CRLF) under limit_request_line 8200.
     case = corpus()["valid/024"]
-    assert hardserve_settings(case)[0].request_line_max_bytes == 8202
+    assert hardserve_settings(case).limits.request_line_max_bytes == 8202
 
 
 # -- invalid cases ---------------------------------------------------------------------------
@@ -439,15 +568,41 @@ def test_with_host_inserts_after_each_http11_request_line() -> None:
         b"GET /a HTTP/1.0\r\n\r\nPOST /b HTTP/1.1\r\nHost: corpus.test\r\nX: 1\r\n\r\n"
         b"GET /c HTTP/1.1\r\nHost: corpus.test\r\n\r\n"
     )
+    # Right after a body, and behind a PROXY header (whose line is no request line).
+    raw = b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nPUT /d HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET /e HTTP/1.1\r\n\r\n"
+    assert with_host(raw) == (
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nPUT /d HTTP/1.1\r\nHost: corpus.test\r\n"
+        b"Content-Length: 2\r\n\r\n{}GET /e HTTP/1.1\r\nHost: corpus.test\r\n\r\n"
+    )
+
+
+# -- the PROXY protocol cases ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PROXY_CLIENTS))
+def test_proxy_case_names_its_client(name: str) -> None:
+    client, _ = read_case(corpus()[name])
+    assert client == PROXY_CLIENTS[name]
+
+
+@pytest.mark.parametrize("name", sorted(PROXY_OFF_REFUSED_WITH))
+def test_proxy_case_without_the_protocol_is_refused_as_http(name: str) -> None:
+    # The default listener reads no PROXY header: the header's bytes are an HTTP request line
+    # that is not one.
+    case = corpus()[name]
+    outcome = parse(case.raw, hardserve_settings(case).limits)
+    assert outcome == Outcome((), PROXY_OFF_REFUSED_WITH[name])
 
 
 # -- docs/deviations.md ----------------------------------------------------------------------
 
 
 def _doc_rows() -> dict[str, tuple[str, int]]:
-    """The doc's table rows: | `case` | `code` | status | why |."""
+    """The doc's table rows: | `case` | `code` | status | why | (status 0: closed unanswered)."""
     rows = {}
-    for match in re.finditer(r"(?m)^\| `((?:in)?valid/[^`]+)` \| `([a-z_0-9]+)` \| (\d{3}) \|", DOC.read_text()):
+    for match in re.finditer(
+        r"(?m)^\| `((?:in)?valid/[^`]+)` \| `([a-z_0-9]+)` \| (\d{3}|0) \|", DOC.read_text()
+    ):
         assert match.group(1) not in rows, f"{match.group(1)} listed twice"
         rows[match.group(1)] = (match.group(2), int(match.group(3)))
     return rows
@@ -464,7 +619,7 @@ def test_deviations_are_documented() -> None:
 
 def test_doc_mentions_every_setting_without_an_equivalent() -> None:
     text = DOC.read_text()
-    for name in (*NO_EQUIVALENT, "limit_request_line", "limit_request_field_size", "limit_request_fields", "header_map"):
+    for name in (*NO_EQUIVALENT, *MAPPED):
         assert f"`{name}`" in text, name
     for name in (*WITH_HOST_DIFFERENCES, *WITH_HOST_REFUSED_WITH):
         assert f"`{name}`" in text, name
