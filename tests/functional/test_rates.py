@@ -11,7 +11,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -41,7 +42,9 @@ def security_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-def test_body_below_the_minimum_rate_is_cut_with_408(security_log: pytest.LogCaptureFixture) -> None:
+def test_body_below_the_minimum_rate_is_cut_with_408(
+    security_log: pytest.LogCaptureFixture,
+) -> None:
     limits = Limits(body_min_rate_bytes_s=1000, body_rate_grace_s=0.2)
     with serve(body_length, limits=limits) as server, server.connect() as sock:
         started = time.monotonic()
@@ -202,3 +205,129 @@ def test_unsent_bytes_of_a_closing_connection_do_not_keep_it_forever(
         assert called.wait(TIMEOUT_S)
         assert wait_until(lambda: not shared.connections)
     assert "reason=send_timeout" in security_log.text
+
+
+FILE_BYTES = 16 * 1024 * 1024
+
+
+class RecordingFile:
+    """A file for wsgi.file_wrapper that records when it is closed (the iterable's close(): the
+    app's thread is done with the response)."""
+
+    def __init__(self, path: Path) -> None:
+        self._file: BinaryIO = path.open("rb")
+        self.closed = threading.Event()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
+
+    def close(self) -> None:
+        self._file.close()
+        self.closed.set()
+
+
+class SendFile:
+    """Answers every request with a 16 MiB file through wsgi.file_wrapper (os.sendfile on the
+    app's thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.files: list[RecordingFile] = []
+        self.opened = threading.Event()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Length", str(FILE_BYTES))])
+        file = RecordingFile(self.path)
+        self.files.append(file)
+        self.opened.set()
+        return environ["wsgi.file_wrapper"](file)
+
+
+@pytest.fixture
+def big_file(tmp_path: Path) -> Path:
+    path = tmp_path / "big.bin"
+    with path.open("wb") as out:
+        out.truncate(FILE_BYTES)  # sparse: sendfile still sends every byte
+    return path
+
+
+def test_a_sendfile_reader_that_stops_is_dropped_at_the_write_timeout(
+    security_log: pytest.LogCaptureFixture, big_file: Path
+) -> None:
+    app = SendFile(big_file)
+    limits = Limits(write_timeout_s=0.5, send_min_rate_bytes_s=0)
+    with serve(app, limits=limits) as server, slow_socket(server) as sock:
+        shared = server.worker.shared
+        assert shared is not None
+        started = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        # Never reads: the file's send gives up, the iterable is closed, the connection dropped.
+        assert app.opened.wait(TIMEOUT_S)
+        (file,) = app.files
+        assert file.closed.wait(TIMEOUT_S)
+        elapsed = time.monotonic() - started
+        assert wait_until(lambda: not shared.connections)
+    assert "reason=send_timeout" in security_log.text
+    assert 0.4 <= elapsed < 5  # at the write timeout, not before, and not at the 30 s default
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HttpConnection.sendfile starts its RateWindow at 0 bytes when the send starts, so "
+    "the megabytes the kernel's socket buffers absorb at once count as the client's progress: "
+    "a reader at 20 KB/s against a 100 KB/s minimum is dropped only after about 28 s "
+    "(2.8 MB sent), where the loop's own check starts counting when it begins to wait",
+)
+def test_a_sendfile_reader_below_the_minimum_rate_is_dropped(
+    security_log: pytest.LogCaptureFixture, big_file: Path
+) -> None:
+    app = SendFile(big_file)
+    limits = Limits(send_min_rate_bytes_s=100_000, send_rate_grace_s=0.2)
+    with serve(app, limits=limits) as server, slow_socket(server) as sock:
+        shared = server.worker.shared
+        assert shared is not None
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert app.opened.wait(TIMEOUT_S)
+        (file,) = app.files
+        received = 0
+        deadline = time.monotonic() + 5  # the loop's check drops such a reader well before
+        while time.monotonic() < deadline and not file.closed.is_set():
+            try:  # 1 KiB every 50 ms: about 20 KB/s
+                data = sock.recv(1024)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            received += len(data)
+            time.sleep(0.05)
+        assert file.closed.wait(0.5), "not dropped within 5 s"
+        assert wait_until(lambda: not shared.connections)
+    assert received < FILE_BYTES
+    assert "reason=send_too_slow" in security_log.text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a reader dropped on the sendfile path is closed, not reset: the client still "
+    "receives everything in the kernel's socket buffer (2.8 MB here), then EOF; a dropped "
+    "reader of a buffered response is reset (docs/architecture.md)",
+)
+def test_a_dropped_sendfile_reader_is_reset_not_closed(big_file: Path) -> None:
+    app = SendFile(big_file)
+    limits = Limits(write_timeout_s=0.3, send_min_rate_bytes_s=0)
+    with serve(app, limits=limits) as server, slow_socket(server) as sock:
+        shared = server.worker.shared
+        assert shared is not None
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert app.opened.wait(TIMEOUT_S)
+        assert app.files[0].closed.wait(TIMEOUT_S)
+        assert wait_until(lambda: not shared.connections)
+        # Now read: a reset connection gives at most what reached the client's own buffer.
+        received = 0
+        with pytest.raises(ConnectionResetError):
+            while data := sock.recv(65536):
+                received += len(data)
+    assert received <= 65536
