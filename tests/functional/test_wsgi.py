@@ -200,11 +200,12 @@ def test_unread_large_body_closes_the_connection() -> None:
         return [b"early"]
 
     with serve(app, limits=Limits(drain_max_bytes=1000)) as server, server.connect() as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000)
+        # More than the 64 KiB body buffer, so the call starts before the body is complete.
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 70000)
         responses, _ = read_responses(sock, 1, method=b"POST")
         assert responses[0].body == b"early"
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(b"x" * 95000)
+            sock.sendall(b"x" * 30000)
         assert server_closed(sock, wait_s=TIMEOUT_S)
 
 
@@ -725,8 +726,10 @@ def test_a_stalled_upload_fails_the_apps_read_after_the_body_idle_timeout(
         start_response("200 OK", [])
         return [b"never"]
 
-    with serve(app, limits=Limits(body_idle_timeout_s=0.2)) as server, server.connect() as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+    limits = Limits(body_idle_timeout_s=0.2, body_buffer_bytes=1024)
+    with serve(app, limits=limits) as server, server.connect() as sock:
+        # Past the body buffer, so the call has started and the app is reading when it stalls.
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000\r\n\r\n" + b"x" * 2000)
         responses, closed = read_responses(sock, 1, method=b"POST")
     assert responses[0].status == 408
     assert b"body_timeout" in responses[0].body

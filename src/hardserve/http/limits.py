@@ -39,8 +39,10 @@ class Limits:
     # The whole trailer section of a chunked body.
     trailer_max_bytes: int = 8192
 
-    # Bytes of request body buffered between the socket and wsgi.input. When the buffer holds
-    # this much the worker stops reading the socket until the app reads (TCP pushes back).
+    # Bytes of request body buffered between the socket and wsgi.input. A request reaches the
+    # app once its body is complete or fills this buffer, so smaller bodies never hold a pool
+    # thread while they arrive. When the buffer holds this much the worker stops reading the
+    # socket until the app reads (TCP pushes back).
     body_buffer_bytes: int = 65536
 
     # After a response, an unread request body is read and thrown away up to this many bytes so

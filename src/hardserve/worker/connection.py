@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import select
 import socket
@@ -140,6 +141,8 @@ class HttpConnection(asyncio.Protocol):
         self._input: InputStream | None = None
         self._call: WsgiCall | None = None
         self._slot_held = False  # this connection's call counts against the pool's limit
+        self._call_deferred = False  # the call waits on the loop for its body
+        self._body_last_at = 0.0  # when the last body bytes arrived (loop time)
         self._client_key: str | None = None  # the address its in-flight request is counted under
         self.counted_address: str | None = None  # the address it is counted under as a connection
         self._proxy_reader: ProxyHeaderReader | None = None  # until the PROXY header is read
@@ -317,6 +320,8 @@ class HttpConnection(asyncio.Protocol):
                 if self._body is not None:
                     self._body.finish()
                     self._body = None
+                if self._call_deferred:
+                    self._submit_call()
             elif event is PAUSED:
                 if self._call_active:
                     return
@@ -334,8 +339,12 @@ class HttpConnection(asyncio.Protocol):
     def _on_body_data(self, data: bytes) -> None:
         self._body_received += len(data)
         if self._body is not None:
+            if self._call_deferred:
+                self._body_last_at = self._loop.time()
             if self._body.push(data):
                 self._pause_reading()
+                if self._call_deferred:
+                    self._submit_call()  # a large body: the app reads the rest as it streams
             return
         # Draining the body of a request whose app did not read it.
         self._drained += len(data)
@@ -427,14 +436,38 @@ class HttpConnection(asyncio.Protocol):
         if not shared.client_request_started(client_key):
             self._refuse_now(reasons.CLIENT_IN_FLIGHT, "client in-flight limit", b"", retry_after=1)
             return
-        if not self._pool.submit(call.run):
-            shared.client_request_ended(client_key)
-            self._refuse_now(reasons.POOL_SATURATED, "pool saturated", b"", retry_after=1)
-            return
         self._client_key = client_key
         self._call = call
         self._call_active = True
+        if head.has_body and not head.expect_continue:
+            # The call waits on the loop until the body is complete or fills the body buffer.
+            # A slow or stalled upload then holds no pool thread, only its bounded buffer, and
+            # a body refused before that point (bad chunk, over the limit, too slow) is
+            # answered by the server without the app ever seeing the request.
+            self._call_deferred = True
+            self._body_last_at = self._loop.time()
+            self._arm_body_timer()
+            return
+        self._submit_call()
+
+    def _submit_call(self) -> None:
+        self._call_deferred = False
+        call = self._call
+        assert call is not None
+        if not self._pool.submit(call.run):
+            self._call_active = False
+            self._call = None
+            self._end_client_request()
+            self._refuse_now(reasons.POOL_SATURATED, "pool saturated", b"", retry_after=1)
+            return
         self._slot_held = True
+
+    def _drop_deferred_call(self) -> None:
+        """The request is refused before its call reached the pool: the app never sees it."""
+        self._call_deferred = False
+        self._call_active = False
+        self._call = None
+        self._end_client_request()
 
     def _end_client_request(self) -> None:
         """The call is over (or withdrawn): the client's in-flight count goes down, once."""
@@ -476,6 +509,8 @@ class HttpConnection(asyncio.Protocol):
         call = self._call
         if not self._call_active or call is None or self._started_at > cutoff:
             return
+        if self._call_deferred:
+            return  # still receiving its body: not in the queue
         if not call.cancel():
             return  # a thread took it meanwhile
         self._call_active = False
@@ -701,6 +736,8 @@ class HttpConnection(asyncio.Protocol):
         self._refused = True
         reason = refusal.reason
         self._log_refusal(reason, refusal.detail, refusal.request_line)
+        if self._call_deferred:
+            self._drop_deferred_call()
         if self._call_active:
             # The body went bad while the app reads it: its next read raises, and the
             # connection closes after whatever the app answers.
@@ -806,25 +843,51 @@ class HttpConnection(asyncio.Protocol):
     def _start_body_window(self) -> None:
         """The worker reads the body again: the client's clock runs."""
         window = self._body_window
-        if window is None or self._limits.body_min_rate_bytes_s <= 0:
+        if window is None:
             return
         now = self._loop.time()
         window.start(now, self._body_received)
-        self._arm_timer(window.deadline(now, self._body_received) - now, self._on_body_rate_timer)
+        if self._call_deferred:
+            self._body_last_at = now
+        self._arm_body_timer()
 
-    def _on_body_rate_timer(self) -> None:
+    def _body_deadline(self, now: float) -> float:
+        """When the body timer must look again: the minimum-rate deadline and, while the call
+        waits on the loop for its body (no thread reads it, so no thread times out), the idle
+        deadline."""
+        deadline = math.inf
+        if self._body_window is not None:
+            deadline = self._body_window.deadline(now, self._body_received)
+        if self._call_deferred:
+            deadline = min(deadline, self._body_last_at + self._limits.body_idle_timeout_s)
+        return deadline
+
+    def _arm_body_timer(self) -> None:
+        now = self._loop.time()
+        deadline = self._body_deadline(now)
+        if deadline != math.inf:
+            self._arm_timer(max(deadline - now, 0.001), self._on_body_timer)
+
+    def _on_body_timer(self) -> None:
         window = self._body_window
         if window is None or (self._body is None and not self._draining):
             return
         if self._reading_paused:
             return  # waiting for the app; _resume_reading starts the clock again
         now = self._loop.time()
-        deadline = window.deadline(now, self._body_received)
+        if self._call_deferred and now >= self._body_last_at + self._limits.body_idle_timeout_s:
+            detail = f"no request body received for {self._limits.body_idle_timeout_s:g} s"
+            self._refuse_deferred(reasons.BODY_TIMEOUT, detail)
+            return
+        deadline = self._body_deadline(now)
         if now < deadline:
-            self._arm_timer(deadline - now, self._on_body_rate_timer)
+            self._arm_timer(deadline - now, self._on_body_timer)
             return
         reason = reasons.BODY_TOO_SLOW
         detail = f"{self._body_received} body bytes in {self._limits.body_rate_grace_s:g} s grace"
+        if self._call_deferred:
+            self._refuse_deferred(reason, detail)
+            return
         self._log_refusal(reason, detail, self._request_line())
         self._body_window = None
         if self._draining:
@@ -836,6 +899,15 @@ class HttpConnection(asyncio.Protocol):
         if self._body is not None:
             self._body.fail(BodyReadError(reason.summary, status=reason.status, code=reason.code))
             self._body = None
+
+    def _refuse_deferred(self, reason: Reason, detail: str) -> None:
+        """Answer a request whose body failed before its call was dispatched; the app never
+        sees it, and the connection closes (the rest of the body is not read)."""
+        self._log_refusal(reason, detail, self._request_line())
+        self._drop_deferred_call()
+        self._body_window = None
+        self._refused = True
+        self._write_refusal(reason, retry_after=None)
 
     def _watch_send(self) -> None:
         """The worker now waits for the client to read: watch its progress until it catches up
