@@ -239,8 +239,8 @@ def test_per_client_counters_shrink_back_to_empty(caplog: pytest.LogCaptureFixtu
         assert "reason=client_connections" in caplog.text
         assert counted(3, 2)
         # One held request's client resets while its request is in the app; the third resets
-        # after its 503. Their connections are no longer counted. (The reset one's in-flight
-        # count drops at the reset, not when its call ends: see the xfail test below.)
+        # after its 503. Their connections are no longer counted; the reset one's request
+        # still counts as in flight until its call ends (see the test below).
         reset(held.pop())
         reset(third)
         assert wait_until(lambda: counts()[0] == {"127.0.0.1": 1})
@@ -254,12 +254,6 @@ def test_per_client_counters_shrink_back_to_empty(caplog: pytest.LogCaptureFixtu
         assert counts() == ({}, {})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reset drops the client's in-flight count at once (connection_lost calls "
-    "_end_client_request) while its call still runs on a pool thread, so a client that resets "
-    "after each request holds more threads than client_in_flight_max",
-)
 def test_a_request_still_in_the_app_counts_against_its_client_after_a_reset() -> None:
     app = GateApp()
     limits = Limits(client_in_flight_max=1)

@@ -274,13 +274,6 @@ def test_a_sendfile_reader_that_stops_is_dropped_at_the_write_timeout(
     assert 0.4 <= elapsed < 5  # at the write timeout, not before, and not at the 30 s default
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HttpConnection.sendfile starts its RateWindow at 0 bytes when the send starts, so "
-    "the megabytes the kernel's socket buffers absorb at once count as the client's progress: "
-    "a reader at 20 KB/s against a 100 KB/s minimum is dropped only after about 28 s "
-    "(2.8 MB sent), where the loop's own check starts counting when it begins to wait",
-)
 def test_a_sendfile_reader_below_the_minimum_rate_is_dropped(
     security_log: pytest.LogCaptureFixture, big_file: Path
 ) -> None:
@@ -309,12 +302,6 @@ def test_a_sendfile_reader_below_the_minimum_rate_is_dropped(
     assert "reason=send_too_slow" in security_log.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reader dropped on the sendfile path is closed, not reset: the client still "
-    "receives everything in the kernel's socket buffer (2.8 MB here), then EOF; a dropped "
-    "reader of a buffered response is reset (docs/architecture.md)",
-)
 def test_a_dropped_sendfile_reader_is_reset_not_closed(big_file: Path) -> None:
     app = SendFile(big_file)
     limits = Limits(write_timeout_s=0.3, send_min_rate_bytes_s=0)

@@ -53,6 +53,19 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 
+def _reset_on_close(fd: int) -> None:
+    """Make the socket's close send a reset: a closed socket keeps sending what its kernel
+    buffer holds (up to megabytes) to a slow reader for as long as it takes. nginx does the same
+    (reset_timedout_connection). SO_LINGER belongs to the socket, so setting it through any
+    descriptor of it (a duplicate too) holds for the last close."""
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        finally:
+            sock.close()
+
+
 class WriteGate:
     """How many response bytes the app's thread may queue for the loop. The thread waits while
     the queue is over its limit or the transport has asked us to pause writing."""
@@ -246,7 +259,8 @@ class HttpConnection(asyncio.Protocol):
         self._closing = True
         self._drop_timer()
         self._stop_send_watch()
-        self._end_client_request()
+        # A call still running keeps counting against its client until it ends (_loop_finish
+        # or _loop_abort): a client must not get past its in-flight cap by resetting.
         self._gate.close()
         if self._body is not None:
             self._body.fail(BodyReadError("client closed the connection"))
@@ -604,10 +618,11 @@ class HttpConnection(asyncio.Protocol):
         fd = handed[0]
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
-        # The same minimum send rate as the loop applies to buffered responses. The whole send
-        # counts as waiting on the client: os.sendfile only takes time when the socket is full.
+        # The same minimum send rate as the loop applies to buffered responses, counted from the
+        # first time the socket is full: what the kernel's buffers took before that (megabytes
+        # on a fast link) is not the client reading. From then on all time counts as waiting
+        # on the client: os.sendfile only takes time when the socket is full.
         window = RateWindow(self._limits.send_min_rate_bytes_s, self._limits.send_rate_grace_s)
-        window.start(time.monotonic(), 0)
         sent = 0
         try:
             while sent < count:
@@ -615,12 +630,14 @@ class HttpConnection(asyncio.Protocol):
                     written = os.sendfile(fd, fileno, offset + sent, count - sent)
                 except BlockingIOError:
                     now = time.monotonic()
+                    window.start(now, sent)  # only the first call starts the clock
                     wait_s = min(timeout, window.deadline(now, sent) - now)
                     ready_fds = poller.poll(wait_s * 1000) if wait_s > 0 else []
                     if not ready_fds:
                         stalled = wait_s >= timeout
                         reason = reasons.SEND_TIMEOUT if stalled else reasons.SEND_TOO_SLOW
                         self._log_refusal(reason, f"{sent} file bytes sent", self._request_line())
+                        _reset_on_close(fd)
                         raise ClientGone(f"client read too slowly ({reason.code})") from None
                     continue
                 except OSError as exc:
@@ -978,11 +995,7 @@ class HttpConnection(asyncio.Protocol):
             return
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            # Reset, not close: a closed socket keeps sending what its kernel buffer holds (up
-            # to megabytes) to the slow reader for as long as it takes. nginx does the same
-            # (reset_timedout_connection).
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            _reset_on_close(sock.fileno())
         transport.abort()
 
     def _request_line(self) -> bytes:

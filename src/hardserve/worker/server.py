@@ -201,7 +201,7 @@ class WorkerShared:
                 '%s "%s %s HTTP/%s" %s %d %.6f %s',
                 peer[0] if peer else "-",
                 head.method.decode("ascii"),
-                head.raw_target.decode("latin-1").encode("unicode_escape").decode("ascii"),
+                _escaped(head.raw_target),
                 head.http_version.decode("ascii"),
                 status or "-",
                 framer.sent_body_bytes if framer is not None else 0,
@@ -253,6 +253,13 @@ class WorkerShared:
         except TimeoutError:
             return False
         return True
+
+
+def _escaped(text: bytes) -> str:
+    """Client text for a quoted access-log field: backslashes doubled and control and
+    non-ASCII bytes written as escapes (unicode_escape), then quotes escaped, so the field
+    cannot end early or the line split."""
+    return text.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:
