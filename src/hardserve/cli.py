@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from hardserve import __version__
-from hardserve.settings import ALL_SETTINGS, Setting, SettingError, load
+from hardserve.settings import ALL_SETTINGS, Setting, SettingError, boolean, load
 
 EXIT_CONFIG = 3
 EXIT_APP_LOAD = 4
@@ -47,7 +47,11 @@ def _option(setting: Setting) -> Any:
         "multiple": setting.multiple,
         "metavar": setting.metavar,
     }
-    if setting.choices:
+    if setting.type is boolean:
+        kwargs["is_flag"] = True
+        kwargs["flag_value"] = True
+        kwargs.pop("metavar")
+    elif setting.choices:
         kwargs["type"] = click.Choice(setting.choices)
     elif setting.type is int:
         kwargs["type"] = int

@@ -42,6 +42,27 @@ def _octal(text: str) -> int:
     return int(text, 8)
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def boolean(text: str) -> bool:
+    """A yes/no setting from the environment: 1/true/yes/on or 0/false/no/off."""
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected one of 1, true, yes, on, 0, false, no, off")
+
+
+def worker_count(text: str) -> int:
+    """A number of workers, or 'auto': the CPUs this process may run on."""
+    if text.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0))
+    return int(text)
+
+
 # The largest value the kernel takes where it wants a C int (listen's backlog) and the largest
 # high-water mark uvloop's transports take (also a C int).
 _C_INT_MAX = 2**31 - 1
@@ -89,6 +110,16 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="N",
         minimum=1,
         maximum=_C_INT_MAX,
+    ),
+    Setting(
+        "workers",
+        "Worker processes, or 'auto' (the CPUs this process may use). The master binds the "
+        "listeners, supervises the workers and never serves a client itself (gunicorn 1).",
+        1,
+        worker_count,
+        metavar="N|auto",
+        minimum=1,
+        maximum=1024,
     ),
     Setting(
         "threads",
@@ -184,6 +215,64 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=0.0,
         maximum=_SECONDS_MAX,
     ),
+    Setting(
+        "timeout_s",
+        "A worker whose event loop has not turned for this many seconds has every thread's "
+        "stack written to the error log, then is killed and replaced; 0 turns it off "
+        "(gunicorn --timeout 30).",
+        30.0,
+        float,
+        metavar="SECONDS",
+        minimum=0.0,
+        maximum=_SECONDS_MAX,
+    ),
+    Setting(
+        "max_requests",
+        "A worker retires gracefully after serving this many requests and is replaced; "
+        "0 turns it off (gunicorn 0).",
+        0,
+        int,
+        metavar="N",
+        minimum=0,
+    ),
+    Setting(
+        "max_requests_jitter",
+        "Each worker's max_requests is raised by a random 0..N, so workers do not all retire "
+        "at once.",
+        0,
+        int,
+        metavar="N",
+        minimum=0,
+    ),
+    Setting(
+        "user",
+        "Run the workers as this user (name or id) after the listeners are bound.",
+        None,
+        metavar="USER",
+    ),
+    Setting(
+        "group",
+        "Run the workers as this group (name or id); default: the user's group.",
+        None,
+        metavar="GROUP",
+    ),
+    Setting(
+        "allow_root",
+        "Let workers run as root. Without it, hardserve started as root refuses to serve "
+        "unless --user names another user.",
+        False,
+        boolean,
+    ),
+    Setting(
+        "umask",
+        "The process umask (octal), set before anything is created (unix sockets, pid file).",
+        None,
+        _octal,
+        metavar="MODE",
+        minimum=0,
+        maximum=0o777,
+    ),
+    Setting("pid_file", "Write the master's process id to FILE.", None, metavar="FILE"),
     Setting("loop", "Event loop implementation.", "auto", choices=("auto", "uvloop", "asyncio")),
     Setting("access_log", "Write the access log to FILE, or '-' for stderr.", None, metavar="FILE"),
     Setting(
@@ -257,6 +346,7 @@ class Config:
     bind: tuple[str, ...] = ("127.0.0.1:8000",)
     unix_mode: int = 0o600
     listen_backlog: int = 2048
+    workers: int = 1
     threads: int = 8
     pool_queue_max: int = 64
     chdir: str | None = None
@@ -270,6 +360,14 @@ class Config:
     proxy_protocol: str = "off"
     proxy_allow_ips: str = ""
     graceful_timeout_s: float = 30.0
+    timeout_s: float = 30.0
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    user: str | None = None
+    group: str | None = None
+    allow_root: bool = False
+    umask: int | None = None
+    pid_file: str | None = None
     loop: str = "auto"
     access_log: str | None = None
     log_level: str = "info"
@@ -307,7 +405,7 @@ def load(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Con
 
 
 def _check_range(setting: Setting, value: Any) -> None:
-    if setting.minimum is None and setting.maximum is None:
+    if value is None or (setting.minimum is None and setting.maximum is None):
         return
     # NaN passes every comparison below (nan < 0 is False), and infinity would be a timeout
     # that threading refuses mid-request.

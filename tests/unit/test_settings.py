@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import threading
 import types
 from typing import Any
@@ -489,3 +490,20 @@ def test_threads_have_an_upper_bound() -> None:
         load({"threads": 1025}, env={})
     with pytest.raises(SettingError, match="--threads must be at most 1024"):
         load({}, env={"HARDSERVE_THREADS": "100000000000000000000"})
+
+
+@pytest.mark.parametrize(("text", "value"), [("1", True), ("yes", True), ("ON", True), ("0", False), ("off", False), ("No", False)])
+def test_a_yes_no_setting_reads_the_usual_words(text: str, value: bool) -> None:
+    assert load({}, env={"HARDSERVE_ALLOW_ROOT": text}).allow_root is value
+
+
+def test_a_yes_no_setting_refuses_anything_else() -> None:
+    with pytest.raises(SettingError, match="--allow-root / HARDSERVE_ALLOW_ROOT: 'maybe'"):
+        load({}, env={"HARDSERVE_ALLOW_ROOT": "maybe"})
+
+
+def test_workers_auto_is_the_cpus_this_process_may_use() -> None:
+    assert load({"workers": "auto"}, env={}).workers == len(os.sched_getaffinity(0))
+    assert load({}, env={"HARDSERVE_WORKERS": "3"}).workers == 3
+    with pytest.raises(SettingError, match="--workers must be at least 1"):
+        load({"workers": "0"}, env={})
