@@ -1,11 +1,22 @@
-"""Bind specs -> listening sockets: HOST:PORT, [IPv6]:PORT, unix:/PATH, fd://N."""
+"""Bind specs -> listening sockets: HOST:PORT, [IPv6]:PORT, unix:/PATH, fd://N; and the
+sockets systemd passes (socket activation, see master/systemd.py)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import stat
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from hardserve.settings import default_binds
+
+if TYPE_CHECKING:
+    from hardserve.settings import Config
+
+_log = logging.getLogger("hardserve.error")
 
 # How long the probe of an existing unix socket file waits for a connection. A listening
 # socket answers a local connect at once (accepted, refused, or EAGAIN when its queue is
@@ -148,3 +159,56 @@ def bind_all(specs: tuple[str, ...], *, unix_mode: int, backlog: int) -> list[so
             sock.close()
         raise
     return sockets
+
+
+def open_listeners(config: Config, env: Mapping[str, str] | None = None) -> list[socket.socket]:
+    """Every socket the server listens on: those systemd passed, then `config.bind`'s.
+
+    When systemd passed sockets (LISTEN_PID is this process), they are served, and the default
+    bind (127.0.0.1:8000, or 0.0.0.0:$PORT) is not opened: the socket unit says where to
+    listen. Binds that differ from the default (`--bind`, HARDSERVE_BIND) are opened beside
+    the activated sockets, so a unit can add, say, a unix socket the socket unit does not
+    create. `fd://N` naming an activated descriptor is that same socket, served once.
+    The LISTEN_* variables are removed from the environment (os.environ by default).
+    """
+    # Imported here: systemd.py raises this module's BindError.
+    from hardserve.master.systemd import activated_sockets
+
+    environ = os.environ if env is None else env
+    activated = activated_sockets(environ)
+    specs = config.bind
+    if activated:
+        for name, sock in activated:
+            _log.info("systemd socket %r (fd %d): %s", name, sock.fileno(), describe(sock))
+        if specs == default_binds(environ):
+            specs = ()
+        taken = {sock.fileno() for _, sock in activated}
+        specs = tuple(
+            spec for spec in specs if not (spec.startswith("fd://") and _fd_of(spec) in taken)
+        )
+    try:
+        bound = bind_all(specs, unix_mode=config.unix_mode, backlog=config.listen_backlog)
+    except BaseException:
+        for _, sock in activated:
+            sock.close()
+        raise
+    return [sock for _, sock in activated] + bound
+
+
+def _fd_of(spec: str) -> int:
+    kind, number = parse_bind(spec)
+    assert kind == "fd" and isinstance(number, int)
+    return number
+
+
+def describe(sock: socket.socket) -> str:
+    """A listening socket as an operator writes it: http://HOST:PORT, http://[V6]:PORT or
+    unix:PATH (an abstract unix name starts with '@')."""
+    address = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        if isinstance(address, bytes):
+            address = "@" + address[1:].decode("utf-8", "backslashreplace")
+        return f"unix:{address}"
+    if sock.family == socket.AF_INET6:
+        return f"http://[{address[0]}]:{address[1]}"
+    return f"http://{address[0]}:{address[1]}"
