@@ -86,7 +86,7 @@ def _build() -> click.Command:
 def serve(app_spec: str, values: dict[str, Any]) -> int:
     # Imported here so that `--help` and `--version` stay fast.
     from hardserve.loader import AppLoadError, load_app
-    from hardserve.master.listeners import BindError, bind_all
+    from hardserve.master.listeners import BindError, open_listeners
     from hardserve.observe.logs import configure
     from hardserve.worker.main import run_worker
 
@@ -104,7 +104,7 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
         click.echo(f"hardserve: cannot load the app: {exc}", err=True)
         return EXIT_APP_LOAD
     try:
-        sockets = bind_all(config.bind, unix_mode=config.unix_mode, backlog=config.listen_backlog)
+        sockets = open_listeners(config)
     except BindError as exc:
         click.echo(f"hardserve: {exc}", err=True)
         return EXIT_CONFIG
