@@ -6,6 +6,7 @@ bound or a setting is invalid, 4 when the app cannot be loaded.
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from importlib import metadata
@@ -84,22 +85,35 @@ def _build() -> click.Command:
 
 
 def serve(app_spec: str, values: dict[str, Any]) -> int:
+    """The master: check the settings and the app spec, bind, give up root, then start and
+    supervise the workers, which import the app themselves (a HUP starts new workers, which
+    import it again: code changes are picked up without a restart)."""
     # Imported here so that `--help` and `--version` stay fast.
-    from hardserve.loader import AppLoadError, load_app
+    from hardserve.loader import AppLoadError, check_spec
+    from hardserve.master.arbiter import Arbiter
     from hardserve.master.listeners import BindError, open_listeners
+    from hardserve.master.process import (
+        PrivilegeError,
+        drop_privileges,
+        remove_pid_file,
+        set_title,
+        write_pid_file,
+    )
+    from hardserve.master.systemd import Notifier, unset_env
     from hardserve.observe.logs import configure
-    from hardserve.worker.main import run_worker
 
     try:
         config = load(values)
     except SettingError as exc:
         click.echo(f"hardserve: {exc}", err=True)
         return EXIT_CONFIG
+    if config.umask is not None:
+        os.umask(config.umask)
     configure(
         log_level=config.log_level, access_log=config.access_log, log_format=config.log_format
     )
     try:
-        app = load_app(app_spec, chdir=config.chdir, pythonpath=config.pythonpath)
+        check_spec(app_spec)
     except AppLoadError as exc:
         click.echo(f"hardserve: cannot load the app: {exc}", err=True)
         return EXIT_APP_LOAD
@@ -108,7 +122,39 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
     except BindError as exc:
         click.echo(f"hardserve: {exc}", err=True)
         return EXIT_CONFIG
-    return run_worker(app, config, sockets)
+    try:
+        drop_privileges(config.user, config.group, allow_root=config.allow_root)
+    except (PrivilegeError, OSError) as exc:
+        click.echo(f"hardserve: {exc}", err=True)
+        return EXIT_CONFIG
+    notifier = Notifier.from_env()
+    unset_env()  # workers never talk to systemd or take its sockets themselves
+    if config.pid_file:
+        write_pid_file(config.pid_file)
+    set_title(f"hardserve: master {app_spec}")
+
+    def worker_main(heartbeat_fd: int) -> int:
+        set_title(f"hardserve: worker {app_spec}")
+        return run_worker_process(app_spec, config, sockets, heartbeat_fd)
+
+    try:
+        return Arbiter(config, sockets, worker_main, notifier=notifier).run()
+    finally:
+        if config.pid_file:
+            remove_pid_file(config.pid_file)
+
+
+def run_worker_process(app_spec: str, config: Any, sockets: Any, heartbeat_fd: int) -> int:
+    """In a worker process: import the app, then serve until told to stop."""
+    from hardserve.loader import AppLoadError, load_app
+    from hardserve.worker.main import run_worker
+
+    try:
+        app = load_app(app_spec, chdir=config.chdir, pythonpath=config.pythonpath)
+    except AppLoadError as exc:
+        click.echo(f"hardserve: cannot load the app: {exc}", err=True)
+        return EXIT_APP_LOAD
+    return run_worker(app, config, sockets, heartbeat_fd)
 
 
 main = _build()

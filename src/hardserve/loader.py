@@ -60,6 +60,12 @@ def _parse(spec: str) -> tuple[str, str, tuple[Any, ...] | None, dict[str, Any]]
     raise AppLoadError(f"{spec!r}: {expression!r} is not a name or a call of a name")
 
 
+def check_spec(spec: str) -> None:
+    """Raise AppLoadError if `spec` is not MODULE:APP or MODULE:factory(literals); imports
+    nothing (the master checks the spec before it binds, the workers import the app)."""
+    _parse(spec)
+
+
 def load_app(spec: str, *, chdir: str | None = None, pythonpath: tuple[str, ...] = ()) -> Any:
     module_name, attribute, args, kwargs = _parse(spec)
     if chdir:

@@ -30,6 +30,7 @@ import hardserve
 from hardserve.http.limits import Limits
 from hardserve.loader import SPEC_MAX_CHARS
 from hardserve.settings import ALL_SETTINGS, Config
+from tests.conftest import ALLOW_ROOT
 from tests.helpers import ROOT, TIMEOUT_S, ServerProcess, read_responses, serve_process
 
 EXIT_USAGE = 2
@@ -48,6 +49,8 @@ def _no_settings_from_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("HARDSERVE_") or name == "PORT":
             monkeypatch.delenv(name)
+    for name, value in ALLOW_ROOT.items():  # see tests/conftest.py
+        monkeypatch.setenv(name, value)
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -618,14 +621,13 @@ def test_explicit_bind_wins_over_port_variable() -> None:
 # -- stopping -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_lets_the_request_in_progress_finish(signum: int, tmp_path: Path) -> None:
+def test_sigterm_lets_the_request_in_progress_finish(tmp_path: Path) -> None:
     spec = f"tests.apps_cli.gate:make_app({str(tmp_path)!r})"
     with serve_process(spec, cwd=str(ROOT)) as server:
         with socket.create_connection((server.host, server.port), timeout=TIMEOUT_S) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             wait_until((tmp_path / "started").exists, "the request to reach the app")
-            server.process.send_signal(signum)
+            server.process.send_signal(signal.SIGTERM)
             # The stop has begun (listeners closed) while the app still holds the request.
             wait_until(
                 lambda: any("stopping" in line for line in server.stderr_lines),
@@ -637,6 +639,24 @@ def test_signal_lets_the_request_in_progress_finish(signum: int, tmp_path: Path)
         assert responses[0].status == 200
         assert responses[0].body == b"finished after the signal\n"
         assert server.process.wait(TIMEOUT_S) == 0
+    assert "Traceback" not in "".join(server.stderr_lines)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGQUIT], ids=["SIGINT", "SIGQUIT"])
+def test_fast_stop_cuts_the_request_in_progress(signum: int, tmp_path: Path) -> None:
+    spec = f"tests.apps_cli.gate:make_app({str(tmp_path)!r})"
+    with (
+        serve_process(spec, cwd=str(ROOT)) as server,
+        socket.create_connection((server.host, server.port), timeout=TIMEOUT_S) as sock,
+    ):
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_until((tmp_path / "started").exists, "the request to reach the app")
+        server.process.send_signal(signum)
+        # The app never lets go (nothing touches "release"), and the server does not wait.
+        assert server.process.wait(TIMEOUT_S) == 0
+        sock.settimeout(TIMEOUT_S)
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(100) == b""
     assert "Traceback" not in "".join(server.stderr_lines)
 
 

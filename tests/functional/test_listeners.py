@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from hardserve.master.listeners import BindError, bind, bind_all, parse_bind
+from tests.conftest import ALLOW_ROOT
 from tests.helpers import ROOT, TIMEOUT_S, ServerProcess, read_responses, serve_process
 
 HELLO = "tests.apps_cli.hello:app"
@@ -32,6 +33,8 @@ def _no_settings_from_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("HARDSERVE_") or name == "PORT":
             monkeypatch.delenv(name)
+    for name, value in ALLOW_ROOT.items():  # see tests/conftest.py
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture

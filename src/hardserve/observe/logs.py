@@ -104,3 +104,16 @@ def configure(
     )
     access.handlers[:] = [handler]
     access.setLevel(logging.INFO)
+
+
+def reopen_files() -> None:
+    """USR1: reopen every log file (after logrotate moved it). Streams are left alone."""
+    for name in (ERROR, ACCESS, SECURITY):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.acquire()
+                try:
+                    handler.close()
+                    handler.stream = handler._open()
+                finally:
+                    handler.release()

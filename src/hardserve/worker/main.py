@@ -7,7 +7,9 @@ each forked child. This is the only module that chooses uvloop.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import random
 import signal
 import socket
 import sys
@@ -15,7 +17,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from hardserve.observe.logs import reopen_files
 from hardserve.worker.call import WsgiApp
+from hardserve.worker.heartbeat import BEAT, READY, RETIRING, Heartbeat
 from hardserve.worker.pool import Pool
 from hardserve.worker.server import WorkerShared, start_servers
 
@@ -40,14 +44,28 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
 
 
 class Worker:
-    def __init__(self, app: WsgiApp, config: Config, sockets: list[socket.socket]) -> None:
+    def __init__(
+        self,
+        app: WsgiApp,
+        config: Config,
+        sockets: list[socket.socket],
+        heartbeat: Heartbeat | None = None,
+    ) -> None:
         self.app = app
         self.config = config
         self.sockets = sockets
+        self.heartbeat = heartbeat
         self.loop: asyncio.AbstractEventLoop | None = None
         self.shared: WorkerShared | None = None
         self._stop: asyncio.Event | None = None
+        self._fast_stop = False
         self.ready = threading.Event()
+        # Each worker retires after its own number of requests, so they do not all go at once.
+        self.max_requests = (
+            config.max_requests + random.randint(0, config.max_requests_jitter)
+            if config.max_requests
+            else 0
+        )
 
     def run(self, *, install_signals: bool = True) -> int:
         loop = new_event_loop(self.config.loop)
@@ -66,6 +84,11 @@ class Worker:
         if loop is not None and self._stop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._stop.set)
 
+    def _stop_fast(self) -> None:
+        self._fast_stop = True
+        if self._stop is not None:
+            self._stop.set()
+
     async def _main(self, install_signals: bool) -> int:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -75,23 +98,59 @@ class Worker:
         self.shared = shared
         acceptor = await start_servers(loop, shared, self.sockets)
         if install_signals and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, self._stop.set)
+            # TERM: graceful stop. INT and QUIT: fast stop. USR1: reopen log files. HUP is the
+            # master's; a worker ignores it (the master replaces workers to reload).
+            loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+            for signum in (signal.SIGINT, signal.SIGQUIT):
+                loop.add_signal_handler(signum, self._stop_fast)
+            loop.add_signal_handler(signal.SIGUSR1, reopen_files)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         date_timer = self._tick_date(loop, shared)
         overdue_timer = self._watch_overdue(loop, shared)
-        for sock in self.sockets:
-            _log.info("listening at %s", _describe(sock))
+        beat_timer = self._beat(loop, shared)
         self.ready.set()
+        if self.heartbeat is not None:
+            self.heartbeat.send(READY)
         await self._stop.wait()
-        _log.info("stopping: closing listeners, finishing requests in progress")
         acceptor.close()
-        drained = await shared.drain(self.config.graceful_timeout_s)
-        if not drained:
-            _log.warning("graceful timeout: %d connections cut", len(shared.connections))
+        if self._fast_stop:
+            _log.info("stopping now: requests in progress are cut")
+            await shared.drain(0.0)
+        else:
+            _log.info("stopping: closing listeners, finishing requests in progress")
+            drained = await shared.drain(self.config.graceful_timeout_s)
+            if not drained:
+                _log.warning("graceful timeout: %d connections cut", len(shared.connections))
         date_timer[0].cancel()
         overdue_timer[0].cancel()
-        pool.stop(timeout=1.0)
+        beat_timer[0].cancel()
+        pool.stop(timeout=0.0 if self._fast_stop else 1.0)
         return 0
+
+    def _beat(
+        self, loop: asyncio.AbstractEventLoop, shared: WorkerShared
+    ) -> list[asyncio.TimerHandle]:
+        """Tell the master the loop turns, and retire after max_requests. Runs on the loop:
+        a blocked loop stops beating, which is the point."""
+        timeout = self.config.timeout_s
+        interval = min(1.0, timeout / 4) if timeout > 0 else 1.0
+        handle: list[asyncio.TimerHandle] = []
+        heartbeat = self.heartbeat
+
+        def beat() -> None:
+            if heartbeat is not None:
+                heartbeat.send(BEAT)
+            if self.max_requests and shared.requests_total >= self.max_requests:
+                if heartbeat is not None:
+                    heartbeat.send(RETIRING)
+                _log.info("served %d requests: retiring", shared.requests_total)
+                self.max_requests = 0
+                assert self._stop is not None
+                self._stop.set()
+            handle[:] = [loop.call_later(interval, beat)]
+
+        handle.append(loop.call_later(interval, beat))
+        return handle
 
     def _watch_overdue(
         self, loop: asyncio.AbstractEventLoop, shared: WorkerShared
@@ -125,15 +184,16 @@ class Worker:
         return handle
 
 
-def _describe(sock: socket.socket) -> str:
-    address = sock.getsockname()
-    if sock.family == socket.AF_UNIX:
-        return f"unix:{address}"
-    if sock.family == socket.AF_INET6:
-        return f"http://[{address[0]}]:{address[1]}"
-    return f"http://{address[0]}:{address[1]}"
-
-
-def run_worker(app: WsgiApp, config: Config, sockets: list[socket.socket]) -> int:
-    """Serve on the given listening sockets until SIGTERM or SIGINT; the exit status."""
-    return Worker(app, config, sockets).run()
+def run_worker(
+    app: WsgiApp, config: Config, sockets: list[socket.socket], heartbeat_fd: int | None = None
+) -> int:
+    """Serve on the given listening sockets until SIGTERM (graceful) or SIGINT/SIGQUIT (fast);
+    the exit status. SIGUSR2 writes every thread's stack to stderr (the master sends it to a
+    worker that has fallen silent, before killing it)."""
+    faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
+    heartbeat = Heartbeat(heartbeat_fd) if heartbeat_fd is not None else None
+    try:
+        return Worker(app, config, sockets, heartbeat).run()
+    finally:
+        if heartbeat is not None:
+            heartbeat.close()

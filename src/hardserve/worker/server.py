@@ -107,6 +107,7 @@ class WorkerShared:
         )
         self.connections: set[HttpConnection] = set()
         self.stopping = False
+        self.requests_total = 0
         self._all_closed: asyncio.Event | None = None
         limits = config.limits
         self._connections_max = limits.connections_max
@@ -194,6 +195,7 @@ class WorkerShared:
         outcome: str,
         duration_s: float,
     ) -> None:
+        self.requests_total += 1
         if _access_log.isEnabledFor(logging.INFO):
             peer = connection.peer
             status = framer.status_code if framer is not None and framer.status_code else 0

@@ -1,0 +1,253 @@
+"""The master process: starts the workers, watches them, and carries out what policy.py
+decides. It never touches a client socket.
+
+One loop, in the main thread: select() over a wake-up pipe for signals and one pipe per
+worker (its heartbeat), then every event goes through `policy.decide` and the returned actions
+are carried out here. Signal handlers only enqueue the signal number; nothing runs or logs
+inside one. Child exits are collected with waitpid(-1), which also reaps orphans when
+hardserve is PID 1 of a container.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from hardserve.master import policy
+from hardserve.master.listeners import describe
+from hardserve.worker.heartbeat import BEAT, READY, RETIRING
+
+if TYPE_CHECKING:
+    from hardserve.master.systemd import Notifier
+    from hardserve.settings import Config
+
+_log = logging.getLogger("hardserve.error")
+
+# The signals the master acts on; CHLD only wakes the loop (exits are found with waitpid).
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGCHLD,
+)
+# The loop turns at least this often, for deadlines (heartbeat timeouts, stop deadline).
+_TICK_S = 0.1
+
+# What a worker process runs: given its heartbeat pipe's write end, returns its exit status.
+WorkerMain = Callable[[int], int]
+
+
+class Arbiter:
+    def __init__(
+        self,
+        config: Config,
+        sockets: list[socket.socket],
+        worker_main: WorkerMain,
+        *,
+        notifier: Notifier | None = None,
+        reload_config: Callable[[], Config] | None = None,
+    ) -> None:
+        self.config = config
+        self.sockets = sockets
+        self.worker_main = worker_main
+        self.notifier = notifier
+        self.reload_config = reload_config
+        self.state = policy.MasterState(
+            desired=config.workers,
+            timeout_s=config.timeout_s,
+            graceful_timeout_s=config.graceful_timeout_s,
+            watchdog_interval_s=notifier.watchdog_interval_s if notifier is not None else None,
+        )
+        self._signals: collections.deque[int] = collections.deque()
+        self._pipes: dict[int, int] = {}  # heartbeat read end -> worker pid
+        self._wake_r = -1
+        self._wake_w = -1
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        try:
+            self._apply(policy.decide(self.state, policy.Tick(), time.monotonic()))
+            while True:
+                code = self._turn()
+                if code is not None:
+                    return code
+        finally:
+            self._restore_signals()
+            for fd in list(self._pipes):
+                self._close_pipe(fd)
+
+    def _turn(self) -> int | None:
+        readable, _, _ = select.select([self._wake_r, *self._pipes], [], [], _TICK_S)
+        events: list[policy.Event] = []
+        for fd in readable:
+            if fd == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            else:
+                events.extend(self._read_pipe(fd))
+        while self._signals:
+            signum = self._signals.popleft()
+            if signum != signal.SIGCHLD:
+                events.append(policy.SignalReceived(signum))
+        events.extend(self._reap())
+        events.append(policy.Tick())
+        for event in events:
+            code = self._apply(policy.decide(self.state, event, time.monotonic()))
+            if code is not None:
+                return code
+        return None
+
+    def _read_pipe(self, fd: int) -> list[policy.Event]:
+        pid = self._pipes[fd]
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return []
+        if not data:
+            self._close_pipe(fd)  # the worker is gone; waitpid tells how
+            return []
+        events: list[policy.Event] = []
+        if READY in data:
+            events.append(policy.Ready(pid))
+        if BEAT in data:
+            events.append(policy.Heartbeat(pid))
+        if RETIRING in data:
+            events.append(policy.Retiring(pid))
+        return events
+
+    def _reap(self) -> list[policy.Event]:
+        events: list[policy.Event] = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if os.WIFSIGNALED(status):
+                events.append(policy.Exited(pid, None, os.WTERMSIG(status)))
+            else:
+                events.append(policy.Exited(pid, os.waitstatus_to_exitcode(status)))
+            for fd, owner in list(self._pipes.items()):
+                if owner == pid:
+                    self._close_pipe(fd)
+        return events
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def _apply(self, actions: list[policy.Action]) -> int | None:
+        for action in actions:
+            if isinstance(action, policy.Spawn):
+                self._spawn(action.generation)
+            elif isinstance(action, policy.Kill):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(action.pid, action.signum)
+            elif isinstance(action, policy.Notify):
+                if self.notifier is not None:
+                    self.notifier.send(*action.lines)
+            elif isinstance(action, policy.Log):
+                getattr(_log, action.level)("%s", action.message)
+            elif isinstance(action, policy.AnnounceListening):
+                for sock in self.sockets:
+                    _log.info("listening at %s", describe(sock))
+            elif isinstance(action, policy.ReloadConfig):
+                self._reload()
+            elif isinstance(action, policy.ReopenLogs):
+                from hardserve.observe.logs import reopen_files
+
+                reopen_files()
+            elif isinstance(action, policy.Exit):
+                return action.code
+        return None
+
+    def _spawn(self, generation: int) -> None:
+        read_end, write_end = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(read_end)
+            os.close(write_end)
+            self._apply(policy.decide(self.state, policy.SpawnFailed(str(exc)), time.monotonic()))
+            return
+        if pid == 0:  # the worker
+            os.close(read_end)
+            self._become_worker(write_end)
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        self._pipes[read_end] = pid
+        self._apply(policy.decide(self.state, policy.Spawned(pid, generation), time.monotonic()))
+
+    def _become_worker(self, heartbeat_fd: int) -> None:
+        """In the child: drop the master's state and run the worker; never returns."""
+        code = 1
+        try:
+            self._restore_signals()
+            for fd in self._pipes:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._pipes.clear()
+            code = self.worker_main(heartbeat_fd)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            _log.exception("worker failed")
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _reload(self) -> None:
+        if self.reload_config is None:
+            return
+        try:
+            config = self.reload_config()
+        except Exception as exc:  # a broken file must not stop a running server
+            _log.error("reload: configuration not changed: %s", exc)
+            return
+        self.config = config
+        self.state.desired = config.workers
+        self.state.timeout_s = config.timeout_s
+        self.state.graceful_timeout_s = config.graceful_timeout_s
+
+    # -- signals and pipes -------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signals.append(signum)  # only this: the loop does the rest
+
+    def _restore_signals(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def _close_pipe(self, fd: int) -> None:
+        self._pipes.pop(fd, None)
+        with contextlib.suppress(OSError):
+            os.close(fd)
