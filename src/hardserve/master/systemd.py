@@ -126,9 +126,12 @@ class Notifier:
 
     def send(self, *lines: str) -> bool:
         """Send the lines as one datagram; True when it was sent. A missing or dead socket is
-        logged once (at debug) and never raises: losing a notification must not stop serving."""
+        logged once (at debug) and never raises: losing a notification must not stop serving.
+        A RELOADING=1 without MONOTONIC_USEC gets one (Type=notify-reload needs it)."""
         if self._address is None:
             return False
+        if "RELOADING=1" in lines and not any(x.startswith("MONOTONIC_USEC=") for x in lines):
+            lines = (*lines, _monotonic_usec())
         payload = "\n".join(lines).encode("utf-8")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -147,8 +150,7 @@ class Notifier:
     def reloading(self, status: str | None = None) -> bool:
         """RELOADING=1 with MONOTONIC_USEC (Type=notify-reload requires the timestamp, so that
         systemd can tell this reload from an earlier one). READY=1 must follow when done."""
-        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        return self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", *_status_lines(status))
+        return self.send("RELOADING=1", _monotonic_usec(), *_status_lines(status))
 
     def stopping(self, status: str | None = None) -> bool:
         """STOPPING=1: the service has begun to stop (a graceful drain is under way)."""
@@ -166,6 +168,11 @@ class Notifier:
     def main_pid(self, pid: int) -> bool:
         """MAINPID=pid: another process becomes the service's main process."""
         return self.send(f"MAINPID={int(pid)}")
+
+
+def _monotonic_usec() -> str:
+    # CLOCK_MONOTONIC, the clock systemd compares it with (time.monotonic may differ).
+    return f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
 
 
 def _status_lines(status: str | None) -> tuple[str, ...]:
