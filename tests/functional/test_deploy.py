@@ -453,6 +453,24 @@ def test_grace_period_covers_prestop_and_graceful_timeout(
     )
 
 
+def test_readme_timeline_matches_the_manifest(
+    pod: dict[str, Any], container: dict[str, Any]
+) -> None:
+    """deploy/README.md walks through the stop timeline with the manifest's numbers."""
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    config = hardserve_config(container["args"])
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"][1]
+    grace = pod["terminationGracePeriodSeconds"]
+    for text in (
+        f"preStop runs `sleep {pre_stop}`",
+        f"(--graceful-timeout-s {config.graceful_timeout_s:g})",
+        f"`terminationGracePeriodSeconds` ({grace})",
+        f"preStop ({pre_stop}) + `--graceful-timeout-s` ({config.graceful_timeout_s:g})",
+        f"t = {grace} s",
+    ):
+        assert text in readme, text
+
+
 def test_liveness_outlasts_the_worker_timeout(container: dict[str, Any]) -> None:
     """The master replaces a worker stuck past --timeout-s on its own; the kubelet restarts the
     whole pod only if it stays unresponsive longer than that."""
