@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from hardserve.master import policy
 from hardserve.master.listeners import describe
-from hardserve.worker.heartbeat import BEAT, READY, RETIRING
+from hardserve.worker.heartbeat import BEAT, READY, RETIRING, STUCK
 
 if TYPE_CHECKING:
     from hardserve.master.systemd import Notifier
@@ -128,6 +128,8 @@ class Arbiter:
             events.append(policy.Heartbeat(pid))
         if RETIRING in data:
             events.append(policy.Retiring(pid))
+        if STUCK in data:
+            events.append(policy.Stuck(pid))
         return events
 
     def _reap(self) -> list[policy.Event]:

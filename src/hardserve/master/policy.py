@@ -26,7 +26,7 @@ BACKOFF_MAX_S = 10.0
 EXIT_APP_LOAD = 4
 
 Phase = Literal["running", "reloading", "stopping"]
-StopReason = Literal["shutdown", "reload", "scale", "timeout", "max-requests"]
+StopReason = Literal["shutdown", "reload", "scale", "timeout", "stuck", "max-requests"]
 
 
 @dataclass
@@ -100,6 +100,13 @@ class Retiring:
 
 
 @dataclass(frozen=True)
+class Stuck:
+    """A request has been in the worker's app longer than timeout_s (its loop still turns)."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
 class Exited:
     pid: int
     status: int | None  # the exit status, or None when killed by a signal
@@ -111,7 +118,9 @@ class SignalReceived:
     signum: int
 
 
-Event = Tick | Spawned | SpawnFailed | Heartbeat | Ready | Retiring | Exited | SignalReceived
+Event = (
+    Tick | Spawned | SpawnFailed | Heartbeat | Ready | Retiring | Stuck | Exited | SignalReceived
+)
 
 
 # -- actions -----------------------------------------------------------------------------------
@@ -183,6 +192,22 @@ def decide(state: MasterState, event: Event, now: float) -> list[Action]:
         if worker is not None and worker.stopping is None:
             worker.stopping = "max-requests"
             actions.append(Log("info", f"worker {event.pid} retires after its max_requests"))
+    elif isinstance(event, Stuck):
+        worker = state.workers.get(event.pid)
+        if worker is not None and worker.stopping is None and state.phase != "stopping":
+            # Its stacks go to the log, a replacement starts (the worker no longer counts),
+            # and it stops gracefully: its other requests finish, the stuck one is cut at the
+            # graceful timeout.
+            worker.stopping = "stuck"
+            actions.append(
+                Log(
+                    "error",
+                    f"worker {event.pid} has a request in the app for more than "
+                    f"{state.timeout_s:g} s: its threads' stacks follow; it is replaced",
+                )
+            )
+            actions.append(Kill(event.pid, signal.SIGUSR2))
+            actions.append(Kill(event.pid, signal.SIGTERM))
     elif isinstance(event, Exited):
         _on_exit(state, event, now, actions)
     elif isinstance(event, SignalReceived):

@@ -13,6 +13,7 @@ import os
 READY = b"R"  # the listeners serve
 BEAT = b"H"  # the loop turned
 RETIRING = b"M"  # max_requests reached: stopping by itself, replace me
+STUCK = b"S"  # a request has been in the app longer than timeout_s: replace me
 
 
 class Heartbeat:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from hardserve.observe.logs import reopen_files
 from hardserve.worker.call import WsgiApp
-from hardserve.worker.heartbeat import BEAT, READY, RETIRING, Heartbeat
+from hardserve.worker.heartbeat import BEAT, READY, RETIRING, STUCK, Heartbeat
 from hardserve.worker.pool import Pool
 from hardserve.worker.server import WorkerShared, start_servers
 
@@ -136,10 +136,21 @@ class Worker:
         interval = min(1.0, timeout / 4) if timeout > 0 else 1.0
         handle: list[asyncio.TimerHandle] = []
         heartbeat = self.heartbeat
+        reported_stuck = False
 
         def beat() -> None:
+            nonlocal reported_stuck
             if heartbeat is not None:
                 heartbeat.send(BEAT)
+                # A request stuck in the app holds a thread the loop cannot free; the master
+                # replaces the worker (gracefully: its other requests finish).
+                if (
+                    timeout > 0
+                    and not reported_stuck
+                    and shared.has_request_running_since(time.monotonic() - timeout)
+                ):
+                    reported_stuck = True
+                    heartbeat.send(STUCK)
             if self.max_requests and shared.requests_total >= self.max_requests:
                 if heartbeat is not None:
                     heartbeat.send(RETIRING)

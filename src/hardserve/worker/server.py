@@ -239,6 +239,14 @@ class WorkerShared:
         for connection in list(self.connections):
             connection.shed_if_queued_since(cutoff)
 
+    def has_request_running_since(self, cutoff: float) -> bool:
+        """Whether a request has been in the app since before `cutoff` (time.monotonic())."""
+        for connection in self.connections:
+            call = connection.running_call
+            if call is not None and call.started_at < cutoff:
+                return True
+        return False
+
     async def drain(self, timeout_s: float) -> bool:
         """Close idle connections, let busy ones finish their response; True if all closed."""
         self.stopping = True
