@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 system-deps:
 	@./scripts/system-deps.sh
 
+# hardserve refuses to run as root unless told to; the demo says so when started as root (as
+# on a fresh container). A real deployment gives --user instead (deploy/README.md).
 run: $(STAMP)
-	$(VENV)/bin/hardserve hardserve.demo:app
+	$(VENV)/bin/hardserve hardserve.demo:app $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench
