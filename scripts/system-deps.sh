@@ -3,6 +3,10 @@
 set -euo pipefail
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# systemd-analyze (verify, security) and systemd-socket-activate; neither needs a running systemd.
+if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v systemd-socket-activate >/dev/null 2>&1; then
+  need+=(systemd)
+fi
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
