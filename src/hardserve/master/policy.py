@@ -235,12 +235,20 @@ def _on_ready(state: MasterState, pid: int, now: float, actions: list[Action]) -
         state.announced_listening = True
         actions.append(AnnounceListening())
     if state.phase == "reloading" and worker.generation == state.generation:
-        # One new worker serves: one old one may go. No moment without enough workers.
-        old = [w for w in state.serving() if w.generation < state.generation]
-        if old:
-            oldest = min(old, key=lambda w: w.started_at)
-            oldest.stopping = "reload"
-            actions.append(Kill(oldest.pid, signal.SIGTERM))
+        # One new worker serves: old ones may go, oldest first, as long as `desired` workers
+        # still serve. No moment without enough workers (an old one that crashed meanwhile is
+        # made up for first), and none left behind when fewer workers are now wanted.
+        serving = state.serving()
+        ready = sum(1 for w in serving if w.ready)
+        old = sorted(
+            (w for w in serving if w.generation < state.generation), key=lambda w: w.started_at
+        )
+        for w in old:
+            if w.ready and ready - 1 < state.desired:
+                continue
+            ready -= w.ready
+            w.stopping = "reload"
+            actions.append(Kill(w.pid, signal.SIGTERM))
 
 
 def _on_exit(state: MasterState, event: Exited, now: float, actions: list[Action]) -> None:
@@ -377,6 +385,10 @@ def _spawn_missing(state: MasterState, now: float, actions: list[Action]) -> Non
         return
     serving = state.serving()
     missing = state.desired - len(serving) - state.spawns_pending
+    if not state.announced_listening:
+        # Until one worker serves, one loads the app alone: an app that cannot load fails
+        # once, with one message, instead of once per worker.
+        missing = min(missing, 1 - len(serving) - state.spawns_pending)
     if state.phase == "reloading":
         # One new worker at a time; an old one leaves when it serves (_on_ready).
         starting = [w for w in serving if w.generation == state.generation and not w.ready]
