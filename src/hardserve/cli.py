@@ -1,24 +1,49 @@
 """The `hardserve` command, generated from the settings table.
 
+`hardserve MODULE:APP [options]` serves; `hardserve NAME [options]`, NAME a subcommand
+(`check-config`), runs that instead. A subcommand is one function decorated with
+@subcommand(NAME).
+
 Exit statuses: 0 after a clean stop, 2 for a usage error (click's), 3 when a listener cannot be
-bound or a setting is invalid, 4 when the app cannot be loaded.
+bound or a setting is invalid, 4 when the app cannot be loaded. `check-config`: 0 (with or
+without warnings), 1 when a setting, the config file or the app spec is wrong.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
 import click
 
 from hardserve import __version__
-from hardserve.settings import ALL_SETTINGS, Setting, SettingError, boolean, load
+from hardserve.settings import (
+    ALL_SETTINGS,
+    CONFIG_ENV,
+    Finding,
+    Resolved,
+    Setting,
+    SettingError,
+    boolean,
+    load,
+    resolve,
+    review,
+    toml_value,
+)
 
 EXIT_CONFIG = 3
 EXIT_APP_LOAD = 4
+EXIT_CHECK_FAILED = 1
+
+_CONTEXT_SETTINGS: dict[str, Any] = {
+    "help_option_names": ["-h", "--help"],
+    "max_content_width": 100,
+}
 
 
 def _version(name: str) -> str:
@@ -61,10 +86,77 @@ def _option(setting: Setting) -> Any:
     return click.option(setting.flag, setting.name, **kwargs)
 
 
+def _with_settings(command: click.Command) -> click.Command:
+    """Add --config and a flag for every setting, in the table's order (click lists the
+    options in the order they were added)."""
+    command = click.option(
+        "--config",
+        "config",
+        default=None,
+        metavar="FILE",
+        help="Read settings from this TOML file (docs/settings.md); the command line and "
+        f"HARDSERVE_* variables win over it.  [env {CONFIG_ENV}]",
+    )(command)
+    for setting in ALL_SETTINGS:
+        command = _option(setting)(command)
+    return command
+
+
+# -- subcommands ----------------------------------------------------------------------------------
+
+SUBCOMMANDS: dict[str, click.Command] = {}
+
+
+def subcommand(
+    name: str, *, settings: bool = False
+) -> Callable[[Callable[..., Any]], click.Command]:
+    """Register `hardserve NAME`: decorate a function (with its own click options and
+    arguments below this decorator; its docstring is its help). With settings=True it also
+    takes --config and every setting flag, as keyword arguments named after the settings."""
+
+    def register(function: Callable[..., Any]) -> click.Command:
+        command = click.command(name, context_settings=_CONTEXT_SETTINGS)(function)
+        if settings:
+            command = _with_settings(command)
+        SUBCOMMANDS[name] = command
+        return command
+
+    return register
+
+
+class _Main(click.Command):
+    """The serving command, which hands its arguments to a subcommand when the first one names
+    it. An app spec can never be mistaken for one: a subcommand's name has a '-' or is not a
+    MODULE:APP (a module named like a subcommand is written MODULE:application)."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        if args and args[0] in SUBCOMMANDS:
+            name = args[0]
+            prefix = f"{info_name} " if info_name else ""
+            return SUBCOMMANDS[name].make_context(prefix + name, args[1:], parent, **extra)
+        return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        if ctx.command is not self:
+            return ctx.command.invoke(ctx)
+        return super().invoke(ctx)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, command.get_short_help_str(70)) for name, command in SUBCOMMANDS.items()]
+        if rows:
+            with formatter.section("Commands (hardserve COMMAND --help)"):
+                formatter.write_dl(rows)
+        super().format_epilog(ctx, formatter)
+
+
 def _build() -> click.Command:
-    @click.command(
-        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
-    )
+    @click.command(cls=_Main, context_settings=_CONTEXT_SETTINGS)
     @click.argument("app", metavar="MODULE:APP")
     @click.option(
         "--version",
@@ -78,10 +170,129 @@ def _build() -> click.Command:
         """Serve the WSGI app MODULE:APP (or MODULE:factory(literal args))."""
         sys.exit(serve(app, values))
 
-    # click lists the options in the order they were added: the table's order.
-    for setting in ALL_SETTINGS:
-        command = _option(setting)(command)
-    return command
+    return _with_settings(command)
+
+
+# -- hardserve check-config -----------------------------------------------------------------------
+
+
+@subcommand("check-config", settings=True)
+@click.argument("app", metavar="[MODULE:APP]", required=False)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    help="Aligned text, or one JSON object.",
+)
+def check_config(app: str | None, output_format: str, **values: Any) -> None:
+    """Show the effective settings and warn about risky choices.
+
+    Prints every setting with its value and where it comes from (default, the config file, a
+    HARDSERVE_* variable or the command line), then warnings and notes (docs/settings.md).
+    Binds nothing and imports no app: MODULE:APP is only checked for its form. Exit status 0
+    with or without warnings, 1 when a setting, the config file or MODULE:APP is wrong."""
+    sys.exit(run_check_config(app, output_format, values))
+
+
+def run_check_config(app: str | None, output_format: str, values: dict[str, Any]) -> int:
+    from hardserve.loader import AppLoadError, check_spec
+    from hardserve.master.listeners import BindError, parse_bind
+
+    try:
+        resolved = resolve(values)
+    except SettingError as exc:
+        click.echo(f"hardserve: {exc}", err=True)
+        return EXIT_CHECK_FAILED
+    for bind in resolved.config.bind:
+        try:
+            parse_bind(bind)
+        except BindError as exc:
+            where = _named("bind", resolved.sources["bind"])
+            click.echo(f"hardserve: {where}: {exc}", err=True)
+            return EXIT_CHECK_FAILED
+    if app is not None:
+        try:
+            check_spec(app)
+        except AppLoadError as exc:
+            click.echo(f"hardserve: MODULE:APP: {exc}", err=True)
+            return EXIT_CHECK_FAILED
+    findings = review(resolved.config)
+    if output_format == "json":
+        click.echo(json.dumps(_report(resolved, app, findings), indent=2))
+    else:
+        click.echo(_text_report(resolved, app, findings), nl=False)
+    return 0
+
+
+def _named(name: str, source: str) -> str:
+    """A setting as its source spells it: FILE: key, HARDSERVE_NAME or --flag."""
+    kind, _, where = source.partition(":")
+    if kind == "file":
+        return f"{where}: {name}"
+    if kind in ("env", "cli"):
+        return where
+    return name
+
+
+def _report(resolved: Resolved, app: str | None, findings: list[Finding]) -> dict[str, Any]:
+    return {
+        "config_file": resolved.config_file,
+        "config_file_source": resolved.config_file_source,
+        "app": app,
+        "settings": {
+            s.name: {
+                "value": toml_value(s, resolved.value(s.name)),
+                "source": resolved.sources[s.name],
+            }
+            for s in ALL_SETTINGS
+        },
+        "findings": [
+            {"level": f.level, "id": f.id, "settings": list(f.settings), "message": f.message}
+            for f in findings
+        ],
+    }
+
+
+_VALUE_WIDTH = 36
+
+
+def _text_report(resolved: Resolved, app: str | None, findings: list[Finding]) -> str:
+    lines: list[str] = []
+    if resolved.config_file is not None:
+        source = (resolved.config_file_source or "").partition(":")[2]
+        lines.append(f"config file: {resolved.config_file} (from {source})")
+    else:
+        lines.append(f"config file: none (--config or {CONFIG_ENV})")
+    if app is not None:
+        lines.append(f"app: {app}")
+    rows = [
+        (s.name, _shown_value(toml_value(s, resolved.value(s.name))), resolved.sources[s.name])
+        for s in ALL_SETTINGS
+    ]
+    name_width = max(len(name) for name, _, _ in rows)
+    value_width = min(_VALUE_WIDTH, max(len(value) for _, value, _ in rows))
+    lines.append("")
+    lines.append(f"{'SETTING':<{name_width}}  {'VALUE':<{value_width}}  SOURCE")
+    lines += [f"{n:<{name_width}}  {v:<{value_width}}  {src}" for n, v, src in rows]
+    lines.append("")
+    lines += [f"{f.level}: [{f.id}] {f.message}" for f in findings]
+    warnings = sum(f.level == "warning" for f in findings)
+    notes = len(findings) - warnings
+    lines.append(f"{_count(warnings, 'warning')}, {_count(notes, 'note')}")
+    return "\n".join(lines) + "\n"
+
+
+def _shown_value(value: Any) -> str:
+    return "(not set)" if value is None else json.dumps(value)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+# -- serving --------------------------------------------------------------------------------------
 
 
 def serve(app_spec: str, values: dict[str, Any]) -> int:

@@ -1,13 +1,21 @@
 """The one table of settings. Each is declared once here; the CLI flags, the HARDSERVE_*
-environment variables and the defaults all come from it, and so does the frozen Config that is
-passed down. Every field of http.limits.Limits is a setting too, named after the field."""
+environment variables, the keys of the TOML config file, the defaults and the settings
+reference (docs/settings.md, written by settings_doc.py) all come from it, and so does the
+frozen Config that is passed down. Every field of http.limits.Limits is a setting too, named
+after the field.
+
+Where a value comes from, strongest first: the command line, a HARDSERVE_* variable, the config
+file (--config or HARDSERVE_CONFIG), the default. resolve() says which, for every setting."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import ipaddress
 import math
 import os
 import threading
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -375,48 +383,123 @@ class Config:
     limits: Limits = field(default_factory=Limits)
 
 
+# The variable naming the config file; --config wins over it.
+CONFIG_ENV = "HARDSERVE_CONFIG"
+DEFAULT_SOURCE = "default"
+
+_BY_NAME: dict[str, Setting] = {s.name: s for s in ALL_SETTINGS}
+_LIMIT_NAMES = frozenset(s.name for s in LIMIT_SETTINGS)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The Config and where each of its values came from."""
+
+    config: Config
+    # Every setting's name -> "default", "file:PATH", "env:HARDSERVE_NAME" or "cli:--flag"
+    # (PATH as it was given). The default bind taken from PORT says "env:PORT".
+    sources: Mapping[str, str]
+    # The config file read, as it was named, and by what: "cli:--config" or
+    # "env:HARDSERVE_CONFIG". None and None without a file.
+    config_file: str | None = None
+    config_file_source: str | None = None
+
+    def value(self, name: str) -> Any:
+        """The effective value of the setting `name` (a Config or a Limits field)."""
+        return _value(self.config, name)
+
+
 def load(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
-    """Build the Config from explicit values (the CLI), then HARDSERVE_* variables, then
-    defaults. A value of None in `values` means "not given"."""
+    """Build the Config from explicit values (the CLI), then HARDSERVE_* variables, then the
+    config file (values["config"] or HARDSERVE_CONFIG), then defaults. A value of None in
+    `values` means "not given"; keys that are not settings are ignored."""
+    return resolve(values, env).config
+
+
+def resolve(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Resolved:
+    """load(), and the source of every value."""
     env = os.environ if env is None else env
+    path, path_source = config_file_of(values, env)
+    from_file = read_config_file(path) if path is not None else {}
     resolved: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for setting in ALL_SETTINGS:
-        value = values.get(setting.name)
-        if value is None or (setting.multiple and not value):
-            raw = env.get(setting.env_var)
-            if raw is not None:
-                value = _from_env(setting, raw)
-        elif isinstance(value, str) and setting.type is not str:
-            value = _convert(setting, value)
-        if value is None or (setting.multiple and not value):
-            value = setting.default
+        value, source = _given(setting, values, env)
+        if value is None and setting.name in from_file:
+            value, source = from_file[setting.name], f"file:{path}"
+        if value is None:
+            value, source = setting.default, DEFAULT_SOURCE
         if setting.choices and value not in setting.choices:
-            raise SettingError(f"{setting.flag} must be one of {', '.join(setting.choices)}")
+            raise _error(setting, source, f" must be one of {', '.join(setting.choices)}")
         resolved[setting.name] = tuple(value) if setting.multiple else value
+        sources[setting.name] = source
     if not resolved["bind"]:
         resolved["bind"] = default_binds(env)
+        if env.get("PORT", "").strip():
+            sources["bind"] = "env:PORT"
     for setting in ALL_SETTINGS:
-        _check_range(setting, resolved[setting.name])
-    _check_server_header(resolved["server_header"])
-    _check_proxies(resolved)
-    limit_names = {s.name for s in LIMIT_SETTINGS}
-    limits = Limits(**{name: resolved.pop(name) for name in limit_names})
-    return Config(limits=limits, **resolved)
+        _check_range(setting, resolved[setting.name], sources[setting.name])
+    _check_server_header(resolved["server_header"], sources["server_header"])
+    _check_proxies(resolved, sources)
+    limits = Limits(**{name: resolved.pop(name) for name in _LIMIT_NAMES})
+    return Resolved(Config(limits=limits, **resolved), sources, path, path_source)
 
 
-def _check_range(setting: Setting, value: Any) -> None:
+def config_file_of(
+    values: Mapping[str, Any], env: Mapping[str, str]
+) -> tuple[str | None, str | None]:
+    """The config file to read and what named it: --config (values["config"]) over
+    HARDSERVE_CONFIG. An empty variable counts as unset."""
+    given = values.get("config")
+    if given is not None:
+        if not str(given).strip():
+            raise SettingError("--config needs a file name")
+        return str(given), "cli:--config"
+    named = env.get(CONFIG_ENV, "")
+    if named.strip():
+        return named, f"env:{CONFIG_ENV}"
+    return None, None
+
+
+def _given(setting: Setting, values: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Any, str]:
+    """The value from the command line, else from the environment, with its source; None
+    when neither gives one (an empty repeatable value is not a value)."""
+    value = values.get(setting.name)
+    if value is not None and not (setting.multiple and not value):
+        if isinstance(value, str) and setting.type is not str:
+            value = _convert(setting, value)
+        return value, "cli:" + setting.flag
+    raw = env.get(setting.env_var)
+    if raw is not None:
+        value = _from_env(setting, raw)
+        if not (setting.multiple and not value):
+            return value, "env:" + setting.env_var
+    return None, DEFAULT_SOURCE
+
+
+def _error(setting: Setting, source: str, text: str) -> SettingError:
+    """A refusal naming the setting as its source spells it: the file and key, or the flag
+    (and the variable, when the value came from one). `text` starts with its separator."""
+    if source.startswith("file:"):
+        return SettingError(f"{source.removeprefix('file:')}: {setting.name}{text}")
+    if source.startswith("env:"):
+        return SettingError(f"{setting.flag}{text} (from {source.removeprefix('env:')})")
+    return SettingError(f"{setting.flag}{text}")
+
+
+def _check_range(setting: Setting, value: Any, source: str = DEFAULT_SOURCE) -> None:
     if value is None or (setting.minimum is None and setting.maximum is None):
         return
     # NaN passes every comparison below (nan < 0 is False), and infinity would be a timeout
     # that threading refuses mid-request.
     if isinstance(value, float) and not math.isfinite(value):
-        raise SettingError(f"{setting.flag} must be a finite number, not {value!r}")
+        raise _error(setting, source, f" must be a finite number, not {value!r}")
     if setting.minimum is not None and value < setting.minimum:
         if setting.minimum == 0:
-            raise SettingError(f"{setting.flag} cannot be negative")
-        raise SettingError(f"{setting.flag} must be at least {_shown(setting, setting.minimum)}")
+            raise _error(setting, source, " cannot be negative")
+        raise _error(setting, source, f" must be at least {_shown(setting, setting.minimum)}")
     if setting.maximum is not None and value > setting.maximum:
-        raise SettingError(f"{setting.flag} must be at most {_shown(setting, setting.maximum)}")
+        raise _error(setting, source, f" must be at most {_shown(setting, setting.maximum)}")
 
 
 def _shown(setting: Setting, bound: float) -> str:
@@ -426,32 +509,35 @@ def _shown(setting: Setting, bound: float) -> str:
     return f"{bound:g}" if isinstance(bound, float) else str(bound)
 
 
-def _check_server_header(value: str) -> None:
+def _check_server_header(value: str, source: str = DEFAULT_SOURCE) -> None:
     # The value is written into every response head as it is. CR or LF would let whoever sets
     # it add header lines; other control characters, DEL and non-ASCII are not field-value
     # text a client reads reliably (and anything past latin-1 cannot be encoded at all).
     # RFC 9110 section 5.5 also allows HTAB inside; printable ASCII is the simpler rule.
+    if source.startswith("file:"):
+        subject = f"{source.removeprefix('file:')}: server_header"
+    else:
+        subject = "--server-header / HARDSERVE_SERVER_HEADER"
     if not all(" " <= char <= "~" for char in value):
-        raise SettingError(
-            f"--server-header / HARDSERVE_SERVER_HEADER: {value!a} must be printable "
-            "ASCII (0x20-0x7e)"
-        )
+        raise SettingError(f"{subject}: {value!a} must be printable ASCII (0x20-0x7e)")
     if value != value.strip(" "):
-        raise SettingError(
-            f"--server-header / HARDSERVE_SERVER_HEADER: {value!a} must not start or end "
-            "with a space"
-        )
+        raise SettingError(f"{subject}: {value!a} must not start or end with a space")
 
 
-def _check_proxies(resolved: dict[str, Any]) -> None:
+def _check_proxies(resolved: dict[str, Any], sources: Mapping[str, str]) -> None:
     for name in ("forwarded_allow_ips", "proxy_allow_ips"):
-        flag = "--" + name.replace("_", "-")
         try:
             TrustedPeers.parse(resolved[name])
         except ValueError as exc:
-            raise SettingError(f"{flag}: {exc}") from exc
+            raise _error(_BY_NAME[name], sources[name], f": {exc}") from exc
     if resolved["proxy_protocol"] == "on" and not resolved["proxy_allow_ips"].strip():
         # With nobody allowed, every connection would be closed: a mistake, not a policy.
+        source = sources["proxy_protocol"]
+        if source.startswith("file:"):
+            raise SettingError(
+                f'{source.removeprefix("file:")}: proxy_protocol = "on" needs '
+                "proxy_allow_ips (the proxies' addresses)"
+            )
         raise SettingError("--proxy-protocol on needs --proxy-allow-ips (the proxies' addresses)")
 
 
@@ -466,3 +552,311 @@ def _convert(setting: Setting, raw: str) -> Any:
         return setting.type(raw)
     except ValueError as exc:
         raise SettingError(f"{setting.flag} / {setting.env_var}: {raw!r}: {exc}") from exc
+
+
+# -- the config file ----------------------------------------------------------------------------
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The settings of a TOML config file, each converted to its Config type.
+
+    Its keys are the setting names at the top level of the file (`workers = 4`); a
+    [hardserve] table, any other table and any other key are refused, naming the file and the
+    closest setting name. Values are typed strictly: an integer setting takes a TOML integer,
+    not "4"; only settings whose own parser reads text take a string for it (workers "auto",
+    the octal modes "0660")."""
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise SettingError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingError(f"{path}: not valid TOML: {exc}") from None
+    settings: dict[str, Any] = {}
+    for key, raw in data.items():
+        setting = _BY_NAME.get(key)
+        if setting is None:
+            raise SettingError(_unknown_key(path, key, raw))
+        value = _from_file(setting, raw, path)
+        if not (setting.multiple and not value):  # [] is "not given", like an empty variable
+            settings[key] = value
+    return settings
+
+
+def _unknown_key(path: str, key: str, raw: Any) -> str:
+    if key == "hardserve" and isinstance(raw, dict):
+        return (
+            f"{path}: [hardserve]: write the settings at the top level of the file, without "
+            "a [hardserve] table (docs/settings.md)"
+        )
+    text = f"{path}: unknown setting {key!r}"
+    if isinstance(raw, dict):
+        text = f"{path}: unknown table [{key}]; every setting is a top-level key"
+    suggestion = closest_setting(key)
+    return text + (f"; did you mean {suggestion!r}?" if suggestion else "")
+
+
+def closest_setting(key: str) -> str | None:
+    """The setting name a mistyped one most likely meant, if any is close."""
+    normalized = key.strip().lower().replace("-", "_").removeprefix("hardserve_")
+    if normalized in _BY_NAME:
+        return normalized
+    matches = difflib.get_close_matches(normalized, list(_BY_NAME), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _toml_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date or time"
+
+
+def toml_type(setting: Setting) -> str:
+    """What the config file takes for `setting`, in words (for errors and docs/settings.md)."""
+    if setting.multiple:
+        return "array of strings"
+    if setting.type is boolean:
+        return "boolean"
+    if setting.type is int:
+        return "integer"
+    if setting.type is float:
+        return "number"
+    if setting.type is _octal:
+        return 'string of octal digits ("0660")'
+    if setting.type is worker_count:
+        return 'integer or "auto"'
+    return "string"
+
+
+def _from_file(setting: Setting, raw: Any, path: str) -> Any:
+    where = f"{path}: {setting.name}"
+    kind = setting.type
+    is_integer = isinstance(raw, int) and not isinstance(raw, bool)
+    if setting.multiple:
+        if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+            return tuple(raw)
+        expected = f'an array of strings ({setting.name} = ["..."])'
+    elif kind is boolean:
+        if isinstance(raw, bool):
+            return raw
+        expected = "true or false"
+    elif kind is int or kind is worker_count:
+        if is_integer:
+            return raw
+        if kind is worker_count and isinstance(raw, str):
+            return _parse_text(setting, raw, where)
+        expected = "an integer" if kind is int else 'an integer or "auto"'
+    elif kind is float:
+        if is_integer or isinstance(raw, float):
+            try:
+                return float(raw)
+            except OverflowError:
+                raise _error(setting, f"file:{path}", " is too large") from None
+        expected = "a number"
+    elif kind is _octal:
+        if isinstance(raw, str):
+            return _parse_text(setting, raw, where)
+        # A TOML integer cannot say whether 660 was meant as octal; 0o660 would be right but
+        # 660 silently becomes mode 01224. Only the string form is unambiguous.
+        expected = 'a string of octal digits ("0660"), not an integer'
+    else:
+        if isinstance(raw, str):
+            return raw if kind is str else _parse_text(setting, raw, where)
+        expected = "a string"
+    raise SettingError(f"{where} must be {expected}; {_toml_type(raw)} was given")
+
+
+def _parse_text(setting: Setting, raw: str, where: str) -> Any:
+    try:
+        return setting.type(raw)
+    except ValueError as exc:
+        raise SettingError(f"{where}: {raw!r}: {exc}") from None
+
+
+def toml_value(setting: Setting, value: Any) -> Any:
+    """`value` as the config file writes it (and JSON can): a mode as a string of octal
+    digits, a repeatable setting as a list; None for a setting that is not set."""
+    if value is None:
+        return None
+    if setting.type is _octal:
+        return f"{value:04o}"
+    if setting.multiple:
+        return list(value)
+    return value
+
+
+# -- risky choices (hardserve check-config) -------------------------------------------------------
+
+# Settings where 0 turns a protection off rather than making it strict (docs/limits.md); every
+# other limit at 0 refuses or stops at once.
+OFF_AT_ZERO: dict[str, str] = {
+    "timeout_s": "a worker whose loop is stuck is never replaced",
+    "body_min_rate_bytes_s": "a client may send a body as slowly as it likes "
+    "(only body_idle_timeout_s bounds a stall)",
+    "send_min_rate_bytes_s": "a client may read a response as slowly as it likes "
+    "(only write_timeout_s bounds a stall)",
+    "client_in_flight_max": "one client address may take every pool thread",
+    "max_requests": "workers are never recycled",
+}
+# A limit raised past this many times its default is as good as off.
+VERY_HIGH_FACTOR = 100
+# Kubernetes' default terminationGracePeriodSeconds.
+KUBERNETES_GRACE_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    level: str  # "warning" (a risk) or "note" (worth a look, often fine)
+    id: str
+    settings: tuple[str, ...]
+    message: str
+
+
+def _inet_host(bind: str) -> str | None:
+    """The host of a TCP bind (as master/listeners.parse_bind reads it); None for unix: and
+    fd:// (a systemd socket's address is not known here)."""
+    if bind.startswith(("unix:", "fd://")):
+        return None
+    if bind.startswith("["):
+        return bind[1:].partition("]")[0]
+    host, colon, _ = bind.rpartition(":")
+    return (host if colon else bind) or "0.0.0.0"
+
+
+def is_public_bind(bind: str) -> bool:
+    """A TCP bind other machines may reach: not loopback. Names other than localhost count
+    as public (they may resolve to anything)."""
+    host = _inet_host(bind)
+    if host is None:
+        return False
+    if host.lower() == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def _trusts_everyone(spec: str) -> list[str]:
+    try:
+        peers = TrustedPeers.parse(spec)
+    except ValueError:
+        return []
+    return [str(network) for network in peers.networks if network.prefixlen == 0]
+
+
+def review(config: Config) -> list[Finding]:
+    """The risky choices in a valid Config, for `hardserve check-config` (docs/settings.md
+    lists them). Nothing here is an error: each can be right in some deployment."""
+    found: list[Finding] = []
+
+    def add(level: str, id_: str, names: tuple[str, ...], message: str) -> None:
+        found.append(Finding(level, id_, names, message))
+
+    public = [bind for bind in config.bind if is_public_bind(bind)]
+    trusted_proxy = bool(config.forwarded_allow_ips.strip()) or config.proxy_protocol == "on"
+    for bind in public:
+        if not trusted_proxy:
+            add(
+                "warning",
+                "public-plain-http",
+                ("bind", "forwarded_allow_ips"),
+                f"bind {bind} is reachable from other machines over plain HTTP (hardserve does "
+                "not serve TLS) and no proxy is trusted: put a TLS-terminating proxy in front "
+                "and list it in forwarded_allow_ips, or bind to loopback or a unix socket",
+            )
+    for name, what in (
+        ("forwarded_allow_ips", "every client's X-Forwarded-* and Forwarded fields are believed"),
+        ("proxy_allow_ips", "every client may send a PROXY header"),
+    ):
+        everyone = _trusts_everyone(getattr(config, name))
+        if everyone and (name == "forwarded_allow_ips" or config.proxy_protocol == "on"):
+            add(
+                "warning",
+                "trusts-everyone",
+                (name,),
+                f"{name} contains {', '.join(everyone)}: {what}, so any client can claim any "
+                "address and scheme; list only the proxies",
+            )
+    for name, what in OFF_AT_ZERO.items():
+        if _value(config, name) != 0 or _BY_NAME[name].default == 0:
+            continue  # off by default (max_requests, client_in_flight_max): not a choice
+        add("warning", "limit-off", (name,), f"{name} is 0, which turns it off: {what}")
+    if config.limits.client_in_flight_max == 0 and public:
+        add(
+            "note",
+            "client-in-flight-off",
+            ("client_in_flight_max", "threads"),
+            "client_in_flight_max is 0 (off) at a public bind: one client address may take "
+            f"every pool thread; at the edge set it below threads ({config.threads}), "
+            f"e.g. {max(1, config.threads // 4)}",
+        )
+    for setting in (*LIMIT_SETTINGS, _BY_NAME["timeout_s"]):
+        value = _value(config, setting.name)
+        if setting.default and value > setting.default * VERY_HIGH_FACTOR:
+            add(
+                "warning",
+                "limit-very-high",
+                (setting.name,),
+                f"{setting.name} is {value:g}, more than {VERY_HIGH_FACTOR} times its default "
+                f"({setting.default:g}): about as good as no limit",
+            )
+    if config.allow_root and config.user is None:
+        add(
+            "warning",
+            "root-workers",
+            ("allow_root", "user"),
+            "allow_root is set and no user is named: started as root, the workers serve as root; "
+            "name an unprivileged user",
+        )
+    elif config.user in ("root", "0"):
+        add(
+            "warning",
+            "root-workers",
+            ("user",),
+            f"user is {config.user!r}: the workers serve as root",
+        )
+    sockets = [bind for bind in config.bind if bind.startswith("unix:")]
+    if sockets and config.unix_mode & 0o002:
+        add(
+            "warning",
+            "world-writable-socket",
+            ("unix_mode", "bind"),
+            f"unix_mode is 0{config.unix_mode:o}: every local user may connect to "
+            f"{', '.join(sockets)}; use 0660 with a shared group, or 0600",
+        )
+    for name in ("path_encoded_slash", "path_backslash"):
+        if getattr(config, name) == "allow":
+            add(
+                "warning",
+                "risky-path",
+                (name,),
+                f"{name} is 'allow': an app or proxy that splits the path differently sees "
+                "other segments than the ones checked for '..' (docs/paths.md)",
+            )
+    if config.graceful_timeout_s > KUBERNETES_GRACE_S:
+        add(
+            "note",
+            "graceful-over-kubernetes",
+            ("graceful_timeout_s",),
+            f"graceful_timeout_s is {config.graceful_timeout_s:g}, longer than Kubernetes' "
+            f"default terminationGracePeriodSeconds ({KUBERNETES_GRACE_S:g}): on Kubernetes, "
+            "raise terminationGracePeriodSeconds above it or requests still running are killed",
+        )
+    return found
+
+
+def _value(config: Config, name: str) -> Any:
+    return getattr(config.limits if name in _LIMIT_NAMES else config, name)

@@ -24,7 +24,10 @@ from hardserve.settings import (
     Setting,
     SettingError,
     default_binds,
+    is_public_bind,
     load,
+    review,
+    toml_value,
 )
 
 LIMIT_FIELDS = dataclasses.fields(Limits)
@@ -144,9 +147,7 @@ def test_port_variable_that_is_not_a_port_is_refused(port: str) -> None:
 
 
 def test_explicit_bind_wins_over_port_variable_and_port_is_then_not_read() -> None:
-    assert load({"bind": ("unix:/run/a.sock",)}, env={"PORT": "http"}).bind == (
-        "unix:/run/a.sock",
-    )
+    assert load({"bind": ("unix:/run/a.sock",)}, env={"PORT": "http"}).bind == ("unix:/run/a.sock",)
 
 
 def test_bind_variable_wins_over_port_variable() -> None:
@@ -492,7 +493,10 @@ def test_threads_have_an_upper_bound() -> None:
         load({}, env={"HARDSERVE_THREADS": "100000000000000000000"})
 
 
-@pytest.mark.parametrize(("text", "value"), [("1", True), ("yes", True), ("ON", True), ("0", False), ("off", False), ("No", False)])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1", True), ("yes", True), ("ON", True), ("0", False), ("off", False), ("No", False)],
+)
 def test_a_yes_no_setting_reads_the_usual_words(text: str, value: bool) -> None:
     assert load({}, env={"HARDSERVE_ALLOW_ROOT": text}).allow_root is value
 
@@ -507,3 +511,98 @@ def test_workers_auto_is_the_cpus_this_process_may_use() -> None:
     assert load({}, env={"HARDSERVE_WORKERS": "3"}).workers == 3
     with pytest.raises(SettingError, match="--workers must be at least 1"):
         load({"workers": "0"}, env={})
+
+
+# -- risky choices (check-config) -------------------------------------------------------------
+
+
+def findings_of(**values: Any) -> list[tuple[str, str]]:
+    return [(f.level, f.id) for f in review(load(values, env={}))]
+
+
+def test_the_defaults_are_not_risky() -> None:
+    assert review(Config()) == []
+    assert review(load({}, env={})) == []
+
+
+@pytest.mark.parametrize(
+    ("bind", "public"),
+    [
+        ("127.0.0.1:8000", False),
+        ("127.1.2.3:8000", False),
+        ("[::1]:8000", False),
+        ("localhost:8000", False),
+        ("unix:/run/app.sock", False),
+        ("fd://3", False),
+        ("0.0.0.0:8000", True),
+        (":8000", True),
+        ("[::]:8000", True),
+        ("192.0.2.10:80", True),
+        ("[2001:db8::1]:80", True),
+        ("example.com:80", True),
+    ],
+)
+def test_public_binds(bind: str, public: bool) -> None:
+    assert is_public_bind(bind) is public
+    assert (("warning", "public-plain-http") in findings_of(bind=(bind,))) is public
+
+
+def test_a_trusted_proxy_answers_the_public_bind_warning() -> None:
+    found = findings_of(bind=("0.0.0.0:80",), forwarded_allow_ips="10.0.0.1")
+    assert ("warning", "public-plain-http") not in found
+    assert ("note", "client-in-flight-off") in found
+    found = findings_of(bind=("0.0.0.0:80",), client_in_flight_max=8, forwarded_allow_ips="::1")
+    assert found == []
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"forwarded_allow_ips": "0.0.0.0/0"}, ("warning", "trusts-everyone")),
+        ({"forwarded_allow_ips": "10.0.0.1, ::/0"}, ("warning", "trusts-everyone")),
+        ({"proxy_protocol": "on", "proxy_allow_ips": "0.0.0.0/0"}, ("warning", "trusts-everyone")),
+        ({"timeout_s": 0.0}, ("warning", "limit-off")),
+        ({"body_min_rate_bytes_s": 0}, ("warning", "limit-off")),
+        ({"send_min_rate_bytes_s": 0}, ("warning", "limit-off")),
+        ({"body_max_bytes": 100 * 1024 * 1024 * 101}, ("warning", "limit-very-high")),
+        ({"keepalive_timeout_s": 501.0}, ("warning", "limit-very-high")),
+        ({"timeout_s": 3001.0}, ("warning", "limit-very-high")),
+        ({"allow_root": True}, ("warning", "root-workers")),
+        ({"user": "root"}, ("warning", "root-workers")),
+        ({"bind": ("unix:/run/a.sock",), "unix_mode": 0o666}, ("warning", "world-writable-socket")),
+        ({"bind": ("unix:/run/a.sock",), "unix_mode": 0o602}, ("warning", "world-writable-socket")),
+        ({"path_encoded_slash": "allow"}, ("warning", "risky-path")),
+        ({"path_backslash": "allow"}, ("warning", "risky-path")),
+        ({"graceful_timeout_s": 31.0}, ("note", "graceful-over-kubernetes")),
+    ],
+)
+def test_each_risky_choice_is_found_alone(
+    values: dict[str, Any], expected: tuple[str, str]
+) -> None:
+    assert findings_of(**values) == [expected]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"forwarded_allow_ips": "10.0.0.0/8, 0.0.0.0/1"},  # large, but not everyone
+        {"proxy_allow_ips": "0.0.0.0/0"},  # the PROXY protocol is off: the list is unused
+        {"body_max_bytes": 100 * 1024 * 1024 * 100},  # exactly 100 times: not past it
+        {"max_requests": 0, "client_in_flight_max": 0},  # off by default, at loopback
+        {"allow_root": True, "user": "www-data"},
+        {"unix_mode": 0o666},  # no unix socket bound
+        {"bind": ("unix:/run/a.sock",), "unix_mode": 0o660},
+        {"graceful_timeout_s": 30.0},
+        {"keepalive_requests_max": 0, "pool_queue_max": 0},  # 0 is strict here, not off
+    ],
+)
+def test_safe_or_default_choices_are_not_reported(values: dict[str, Any]) -> None:
+    assert findings_of(**values) == []
+
+
+def test_toml_value_writes_what_the_file_takes() -> None:
+    assert toml_value(BY_NAME["unix_mode"], 0o600) == "0600"
+    assert toml_value(BY_NAME["umask"], 0o022) == "0022"
+    assert toml_value(BY_NAME["umask"], None) is None
+    assert toml_value(BY_NAME["bind"], ("a", "b")) == ["a", "b"]
+    assert toml_value(BY_NAME["threads"], 8) == 8
