@@ -285,7 +285,7 @@ def _text_report(resolved: Resolved, app: str | None, findings: list[Finding]) -
 
 
 def _shown_value(value: Any) -> str:
-    return "(not set)" if value is None else json.dumps(value)
+    return "(unset)" if value is None else json.dumps(value)
 
 
 def _count(number: int, noun: str) -> str:

@@ -567,13 +567,20 @@ def read_config_file(path: str) -> dict[str, Any]:
     the octal modes "0660")."""
     try:
         with open(path, "rb") as file:
-            data = tomllib.load(file)
+            text = file.read().decode("utf-8")
     except OSError as exc:
         raise SettingError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise SettingError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SettingError(f"{path}: not valid TOML: {exc}") from None
+        message = str(exc)
+        if "(at end of document)" in message:
+            # The statement left unfinished is on the last line: say which one.
+            last = len(text.splitlines()) or 1
+            message = message.replace("(at end of document)", f"(at the end, line {last})")
+        raise SettingError(f"{path}: not valid TOML: {message}") from None
     settings: dict[str, Any] = {}
     for key, raw in data.items():
         setting = _BY_NAME.get(key)

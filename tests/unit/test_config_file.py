@@ -271,6 +271,14 @@ def test_a_toml_syntax_error_gives_the_line(tmp_path: Path) -> None:
     assert "line 2" in message, message
 
 
+def test_a_statement_left_unfinished_at_the_end_gives_its_line(tmp_path: Path) -> None:
+    # tomllib says "at end of document" here; the message names the last line instead.
+    path = write(tmp_path, "workers = 4\n\nthreads = [1,\n")
+    with pytest.raises(SettingError) as caught:
+        load({"config": path}, env={})
+    assert str(caught.value).endswith("(at the end, line 3)"), str(caught.value)
+
+
 def test_a_key_given_twice_is_a_syntax_error(tmp_path: Path) -> None:
     path = write(tmp_path, "workers = 4\nworkers = 5\n")
     with pytest.raises(SettingError, match=r"not valid TOML: .*line 2"):
