@@ -723,6 +723,57 @@ VERY_HIGH_FACTOR = 100
 KUBERNETES_GRACE_S = 30.0
 
 
+# What check-config reports: id -> (level, when). docs/settings.md lists them from here.
+RISKS: dict[str, tuple[str, str]] = {
+    "public-plain-http": (
+        "warning",
+        "A bind other machines can reach (not loopback, not a unix socket) while no proxy is "
+        "trusted (no forwarded_allow_ips, PROXY protocol off). hardserve has no TLS yet, so "
+        "every TCP bind is plain HTTP: clients reach the app unencrypted, not through a proxy.",
+    ),
+    "trusts-everyone": (
+        "warning",
+        "forwarded_allow_ips (or proxy_allow_ips with the PROXY protocol on) contains "
+        "0.0.0.0/0 or ::/0: any client can claim any address and scheme.",
+    ),
+    "limit-off": (
+        "warning",
+        "A protection that is on by default set to 0, which turns it off: timeout_s (stuck "
+        "workers are never replaced), body_min_rate_bytes_s and send_min_rate_bytes_s (slow "
+        "senders and readers hold connections). Every other limit at 0 is strict, not off.",
+    ),
+    "limit-very-high": (
+        "warning",
+        f"A limit (or timeout_s) more than {VERY_HIGH_FACTOR} times its default: about as good "
+        "as none.",
+    ),
+    "client-in-flight-off": (
+        "note",
+        "client_in_flight_max is 0 (off, the default) at a public bind: one client address can "
+        "take every pool thread. Often right (one address is many clients behind a NAT or an "
+        "undeclared proxy), hence a note; at the edge, set it below threads.",
+    ),
+    "root-workers": (
+        "warning",
+        "allow_root without a user (started as root, the workers serve as root), or user root.",
+    ),
+    "world-writable-socket": (
+        "warning",
+        "A unix socket bind with unix_mode writable by others (o+w): every local user can connect.",
+    ),
+    "risky-path": (
+        "warning",
+        "path_encoded_slash or path_backslash set to allow (docs/paths.md).",
+    ),
+    "graceful-over-kubernetes": (
+        "note",
+        f"graceful_timeout_s longer than {KUBERNETES_GRACE_S:g} s, Kubernetes' default "
+        "terminationGracePeriodSeconds: on Kubernetes, raise that above it (plus any preStop "
+        "sleep) or requests still running are killed.",
+    ),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     level: str  # "warning" (a risk) or "note" (worth a look, often fine)
@@ -769,15 +820,14 @@ def review(config: Config) -> list[Finding]:
     lists them). Nothing here is an error: each can be right in some deployment."""
     found: list[Finding] = []
 
-    def add(level: str, id_: str, names: tuple[str, ...], message: str) -> None:
-        found.append(Finding(level, id_, names, message))
+    def add(id_: str, names: tuple[str, ...], message: str) -> None:
+        found.append(Finding(RISKS[id_][0], id_, names, message))
 
     public = [bind for bind in config.bind if is_public_bind(bind)]
     trusted_proxy = bool(config.forwarded_allow_ips.strip()) or config.proxy_protocol == "on"
     for bind in public:
         if not trusted_proxy:
             add(
-                "warning",
                 "public-plain-http",
                 ("bind", "forwarded_allow_ips"),
                 f"bind {bind} is reachable from other machines over plain HTTP (hardserve does "
@@ -791,7 +841,6 @@ def review(config: Config) -> list[Finding]:
         everyone = _trusts_everyone(getattr(config, name))
         if everyone and (name == "forwarded_allow_ips" or config.proxy_protocol == "on"):
             add(
-                "warning",
                 "trusts-everyone",
                 (name,),
                 f"{name} contains {', '.join(everyone)}: {what}, so any client can claim any "
@@ -800,10 +849,9 @@ def review(config: Config) -> list[Finding]:
     for name, what in OFF_AT_ZERO.items():
         if _value(config, name) != 0 or _BY_NAME[name].default == 0:
             continue  # off by default (max_requests, client_in_flight_max): not a choice
-        add("warning", "limit-off", (name,), f"{name} is 0, which turns it off: {what}")
+        add("limit-off", (name,), f"{name} is 0, which turns it off: {what}")
     if config.limits.client_in_flight_max == 0 and public:
         add(
-            "note",
             "client-in-flight-off",
             ("client_in_flight_max", "threads"),
             "client_in_flight_max is 0 (off) at a public bind: one client address may take "
@@ -814,7 +862,6 @@ def review(config: Config) -> list[Finding]:
         value = _value(config, setting.name)
         if setting.default and value > setting.default * VERY_HIGH_FACTOR:
             add(
-                "warning",
                 "limit-very-high",
                 (setting.name,),
                 f"{setting.name} is {value:g}, more than {VERY_HIGH_FACTOR} times its default "
@@ -822,7 +869,6 @@ def review(config: Config) -> list[Finding]:
             )
     if config.allow_root and config.user is None:
         add(
-            "warning",
             "root-workers",
             ("allow_root", "user"),
             "allow_root is set and no user is named: started as root, the workers serve as root; "
@@ -830,7 +876,6 @@ def review(config: Config) -> list[Finding]:
         )
     elif config.user in ("root", "0"):
         add(
-            "warning",
             "root-workers",
             ("user",),
             f"user is {config.user!r}: the workers serve as root",
@@ -838,7 +883,6 @@ def review(config: Config) -> list[Finding]:
     sockets = [bind for bind in config.bind if bind.startswith("unix:")]
     if sockets and config.unix_mode & 0o002:
         add(
-            "warning",
             "world-writable-socket",
             ("unix_mode", "bind"),
             f"unix_mode is 0{config.unix_mode:o}: every local user may connect to "
@@ -847,7 +891,6 @@ def review(config: Config) -> list[Finding]:
     for name in ("path_encoded_slash", "path_backslash"):
         if getattr(config, name) == "allow":
             add(
-                "warning",
                 "risky-path",
                 (name,),
                 f"{name} is 'allow': an app or proxy that splits the path differently sees "
@@ -855,7 +898,6 @@ def review(config: Config) -> list[Finding]:
             )
     if config.graceful_timeout_s > KUBERNETES_GRACE_S:
         add(
-            "note",
             "graceful-over-kubernetes",
             ("graceful_timeout_s",),
             f"graceful_timeout_s is {config.graceful_timeout_s:g}, longer than Kubernetes' "

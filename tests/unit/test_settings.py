@@ -5,20 +5,24 @@ setting, a flag and a variable)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import threading
 import types
+from pathlib import Path
 from typing import Any
 
 import click
 import pytest
 
+from hardserve import settings_doc
 from hardserve.cli import main as cli_command
 from hardserve.http.limits import Limits
 from hardserve.settings import (
     ALL_SETTINGS,
     LIMIT_SETTINGS,
+    RISKS,
     SETTINGS,
     Config,
     Setting,
@@ -606,3 +610,60 @@ def test_toml_value_writes_what_the_file_takes() -> None:
     assert toml_value(BY_NAME["umask"], None) is None
     assert toml_value(BY_NAME["bind"], ("a", "b")) == ["a", "b"]
     assert toml_value(BY_NAME["threads"], 8) == 8
+
+
+# -- docs/settings.md -------------------------------------------------------------------------
+
+SETTINGS_DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
+
+
+def test_the_settings_reference_is_up_to_date() -> None:
+    # Regenerate with: python -m hardserve.settings_doc > docs/settings.md
+    assert SETTINGS_DOC.read_text(encoding="utf-8") == settings_doc.render()
+
+
+@pytest.mark.parametrize("setting", ALL_SETTINGS, ids=lambda s: s.name)
+def test_the_reference_shows_every_setting_s_flag_variable_key_and_default(
+    setting: Setting,
+) -> None:
+    text = settings_doc.render()
+    section = text.split(f"\n### `{setting.name}`\n", 1)[1].split("\n### ", 1)[0]
+    assert setting.help in section
+    assert f"- Flag: `{setting.flag}" in section
+    assert f"- Environment: `{setting.env_var}`" in section
+    assert f"- File: `{setting.name}`, " in section
+    if setting.name != "bind" and setting.default is not None:
+        assert f"- Default: `{json.dumps(toml_value(setting, setting.default))}`" in section
+    for choice in setting.choices:
+        assert f'`"{choice}"`' in section
+    if setting.minimum is not None:
+        assert "- Range: " in section
+
+
+def test_the_reference_lists_every_finding_of_check_config() -> None:
+    text = settings_doc.render()
+    for id_, (level, _) in RISKS.items():
+        assert f"| `{id_}` | {level} |" in text
+
+
+def test_the_reference_is_printed_by_the_module(capsys: pytest.CaptureFixture[str]) -> None:
+    settings_doc.main()
+    assert capsys.readouterr().out == settings_doc.render()
+
+
+def test_every_finding_review_makes_is_documented() -> None:
+    config = load(
+        {
+            "bind": ("0.0.0.0:80", "unix:/run/a.sock"),
+            "unix_mode": 0o666,
+            "forwarded_allow_ips": "0.0.0.0/0",
+            "timeout_s": 0.0,
+            "body_max_bytes": 2**40,
+            "allow_root": True,
+            "path_backslash": "allow",
+            "graceful_timeout_s": 60.0,
+        },
+        env={},
+    )
+    found = {f.id for f in review(config)}
+    assert found == set(RISKS) - {"public-plain-http"}  # a proxy is trusted (everyone is)
