@@ -469,3 +469,43 @@ def test_serving_with_a_bad_file_exits_3_with_one_line(
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("hardserve: " + expected.format(path=path)), lines[0]
+
+
+def test_the_console_script_runs_the_subcommand_and_still_serves(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("hardserve")
+    result = subprocess.run(
+        [str(script), "check-config", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage: hardserve check-config [OPTIONS] [MODULE:APP]" in result.stdout
+    path = write(tmp_path, "threads = 2\n")
+    command = [str(script), HELLO, "--config", path, "--workers", "1", "--bind", "127.0.0.1:0"]
+    with launch(command) as (_, host, port):
+        status, _, body = get(host, port)
+    assert (status, body) == (200, b"hello from apps_cli\n")
+
+
+def test_a_subcommand_is_one_decorated_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from hardserve import cli
+
+    monkeypatch.setitem(cli.SUBCOMMANDS, "say-threads", cli.SUBCOMMANDS["check-config"])
+
+    @cli.subcommand("say-threads", settings=True)
+    def say_threads(**values: Any) -> None:
+        """Print the number of threads."""
+        print(cli.load(values, env={}).threads)
+
+    runner = CliRunner()
+    result = runner.invoke(cli.main, ["say-threads", "--threads", "7"])
+    assert (result.exit_code, result.output) == (0, "7\n")
+    result = runner.invoke(cli.main, ["--help"])
+    assert re.search(r"^\s+say-threads\s+Print the number of threads", result.output, re.M)
+    # Anything else is still an app spec for the serving command.
+    context = cli.main.make_context("hardserve", ["say_threads:app", "--threads", "3"])
+    assert (context.params["app"], context.params["threads"]) == ("say_threads:app", 3)
