@@ -25,6 +25,7 @@ from hardserve import __version__
 from hardserve.settings import (
     ALL_SETTINGS,
     CONFIG_ENV,
+    Config,
     Finding,
     Resolved,
     Setting,
@@ -344,12 +345,16 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
         write_pid_file(config.pid_file)
     set_title(f"hardserve: master {app_spec}")
 
-    def worker_main(heartbeat_fd: int) -> int:
+    def worker_main(heartbeat_fd: int, config: Config) -> int:
         set_title(f"hardserve: worker {app_spec}")
         return run_worker_process(app_spec, config, sockets, heartbeat_fd)
 
     try:
-        return Arbiter(config, sockets, worker_main, notifier=notifier).run()
+        # HUP reads the configuration again (the file and the environment the master started
+        # with); the listeners stay as they were bound, so a new bind needs a restart.
+        return Arbiter(
+            config, sockets, worker_main, notifier=notifier, reload_config=lambda: load(values)
+        ).run()
     finally:
         if config.pid_file:
             remove_pid_file(config.pid_file)

@@ -46,8 +46,9 @@ HANDLED_SIGNALS = (
 # The loop turns at least this often, for deadlines (heartbeat timeouts, stop deadline).
 _TICK_S = 0.1
 
-# What a worker process runs: given its heartbeat pipe's write end, returns its exit status.
-WorkerMain = Callable[[int], int]
+# What a worker process runs: given its heartbeat pipe's write end and the configuration in
+# force (re-read on HUP), returns its exit status.
+WorkerMain = Callable[[int, "Config"], int]
 
 
 class Arbiter:
@@ -179,31 +180,38 @@ class Arbiter:
 
     def _spawn(self, generation: int) -> None:
         read_end, write_end = os.pipe()
+        # Signals wait until the child has dropped the master's handlers: one sent to it
+        # earlier would run the master's handler in the child and be lost there (a TERM
+        # right after the fork left a worker serving until the stop deadline's KILL).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pid = os.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(read_end)
             os.close(write_end)
             self._apply(policy.decide(self.state, policy.SpawnFailed(str(exc)), time.monotonic()))
             return
         if pid == 0:  # the worker
             os.close(read_end)
-            self._become_worker(write_end)
+            self._become_worker(write_end, mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_end)
         os.set_blocking(read_end, False)
         self._pipes[read_end] = pid
         self._apply(policy.decide(self.state, policy.Spawned(pid, generation), time.monotonic()))
 
-    def _become_worker(self, heartbeat_fd: int) -> None:
+    def _become_worker(self, heartbeat_fd: int, mask: set[int | signal.Signals]) -> None:
         """In the child: drop the master's state and run the worker; never returns."""
         code = 1
         try:
             self._restore_signals()
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for fd in self._pipes:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._pipes.clear()
-            code = self.worker_main(heartbeat_fd)
+            code = self.worker_main(heartbeat_fd, self.config)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
