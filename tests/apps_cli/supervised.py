@@ -32,7 +32,9 @@ def forever() -> None:
 
 def orphan() -> bytes:
     shell = subprocess.Popen(
-        ["sh", "-c", "sleep 0.3 & echo $!"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+        ["sh", "-c", "sleep 0.3 >/dev/null 2>&1 & echo $!"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
     )
     out, _ = shell.communicate(timeout=10)  # sh is reaped here: only the sleep is left
     return out.strip()
