@@ -397,7 +397,7 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
 
 
 # Sections written by hand (figures measured by other commands) that a rebuild keeps.
-KEPT_HEADINGS = ("## Hardening figures",)
+KEPT_HEADINGS = ("## Hardening figures", "## Supervision figures")
 
 
 def _kept_sections() -> str:
