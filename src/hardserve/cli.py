@@ -334,6 +334,11 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
     except BindError as exc:
         click.echo(f"hardserve: {exc}", err=True)
         return EXIT_CONFIG
+    # What the workers run is imported now, while the files are surely readable: after
+    # dropping root, the user may not be able to read the Python installation.
+    from hardserve.worker.main import preload
+
+    preload(config.loop)
     try:
         drop_privileges(config.user, config.group, allow_root=config.allow_root)
     except (PrivilegeError, OSError) as exc:

@@ -51,6 +51,9 @@ _access_log = logging.getLogger("hardserve.access")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
+# During a graceful stop, how long a connection that has not sent a byte yet is kept open for
+# the request its client may be sending at this moment.
+_FIRST_REQUEST_GRACE_S = 1.0
 
 
 def _reset_on_close(fd: int) -> None:
@@ -575,6 +578,8 @@ class HttpConnection(asyncio.Protocol):
         its next request into a closing connection."""
         if self.requests_served + 1 >= self._limits.keepalive_requests_max:
             return True  # the connection's last request
+        if self._shared.stopping:
+            return True  # the worker is stopping: the client must not send another
         head = self._head
         stream = self._input
         if head is None or not head.has_body or stream is None or stream.at_end:
@@ -1019,9 +1024,16 @@ class HttpConnection(asyncio.Protocol):
             self._write_refusal(reasons.HEAD_TIMEOUT, retry_after=None)
 
     def close_when_idle(self) -> None:
-        """Graceful stop: close now if idle, or after the response in progress."""
-        if self._call_active or self._draining:
+        """Graceful stop: close now if idle, or after the response in progress (which says
+        Connection: close). A connection accepted but not yet used may have its first request
+        on the way (the client connected just before the stop): it gets a short grace."""
+        if self._call_active or self._draining or self._head is not None:
             self._must_close = True
+        elif self._parser.buffered_bytes:
+            self._must_close = True  # a head is arriving; its deadline still applies
+        elif self.requests_served == 0:
+            self._must_close = True
+            self._arm_timer(min(self._limits.head_timeout_s, _FIRST_REQUEST_GRACE_S), self._close)
         else:
             self._close()
 

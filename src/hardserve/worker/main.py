@@ -43,6 +43,17 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def preload(kind: str = "auto") -> None:
+    """Import what a worker needs (the loop included) in the master, before it gives up root:
+    the user it becomes may not be able to read the Python installation."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            if kind == "uvloop":
+                raise
+
+
 class Worker:
     def __init__(
         self,
