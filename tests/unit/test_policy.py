@@ -356,7 +356,6 @@ TABLES: dict[str, tuple[int, dict[str, float | None], list[tuple[float, Event, l
             (0.2, Ready(102), []),
             (0.3, Ready(103), [ready_line(3)]),
             (10.0, SignalReceived(HUP), [RELOADING, ReloadConfig(), Spawn(1)]),
-            (10.1, SignalReceived(HUP), []),
             (10.2, Tick(), []),
             (11.0, Ready(104), [Kill(101, TERM), Spawn(1)]),
             (11.5, Exited(101, 0), []),
@@ -617,3 +616,33 @@ def test_reload_to_fewer_workers_lets_every_old_one_go() -> None:
         assert master.send(Exited(pid, 0), 8.0) == []
     assert master.send(Exited(103, 0), 8.5) == [ready_line(2)]
     assert master.state.phase == "running"
+
+
+def test_a_hup_during_a_reload_starts_it_over_with_the_new_configuration() -> None:
+    master = Master(3)
+    master.start()
+    lowest: list[int] = []
+    master.checks.append(lambda state: lowest.append(ready_serving(state)))
+    assert master.send(SignalReceived(HUP), 10.0) == [RELOADING, ReloadConfig(), Spawn(1)]
+    (first_new,) = [w.pid for w in master.state.workers.values() if w.generation == 1]
+    master.send(Ready(first_new), 10.5)  # one old worker goes
+    # The second HUP: no second RELOADING=1, the configuration is read again, generation 2.
+    actions = master.send(SignalReceived(HUP), 11.0)
+    assert ReloadConfig() in actions and RELOADING not in actions
+    assert master.state.generation == 2
+    now = 11.0
+    for _ in range(30):
+        if master.state.phase != "reloading":
+            break
+        for worker in list(master.state.workers.values()):
+            now += 0.1
+            if worker.stopping is not None:
+                master.send(Exited(worker.pid, 0), now)
+            elif not worker.ready:
+                master.send(Ready(worker.pid), now)
+        now += 0.1
+        master.send(Tick(), now)
+    assert master.state.phase == "running"
+    assert {w.generation for w in master.state.workers.values()} == {2}
+    assert len(master.state.workers) == 3
+    assert min(lowest) >= 3, lowest

@@ -295,10 +295,11 @@ def _on_signal(state: MasterState, signum: int, now: float, actions: list[Action
     elif state.phase == "stopping":
         return
     elif signum == signal.SIGHUP:
-        if state.phase == "reloading":
-            return  # the reload under way already replaces every worker
+        # A HUP during a reload starts it over with the configuration read now: workers of
+        # every earlier generation are old, and are replaced one by one like the rest.
         actions.append(Log("info", "reloading: replacing the workers one by one"))
-        actions.append(Notify(("RELOADING=1",)))
+        if state.phase != "reloading":
+            actions.append(Notify(("RELOADING=1",)))
         actions.append(ReloadConfig())
         state.phase = "reloading"
         state.generation += 1
