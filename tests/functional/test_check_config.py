@@ -31,13 +31,8 @@ EXIT_CONFIG = 3
 
 
 @pytest.fixture(autouse=True)
-def _no_settings_from_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A HARDSERVE_* or PORT variable of the runner would change what is checked or served."""
-    for name in list(os.environ):
-        if name.startswith("HARDSERVE_") or name == "PORT":
-            monkeypatch.delenv(name)
-    for name, value in ALLOW_ROOT.items():  # see tests/conftest.py
-        monkeypatch.setenv(name, value)
+def _clean_environment(clean_server_env: None) -> None:
+    """No settings from the runner's environment (tests/conftest.py)."""
 
 
 def check(

@@ -30,7 +30,6 @@ import hardserve
 from hardserve.http.limits import Limits
 from hardserve.loader import SPEC_MAX_CHARS
 from hardserve.settings import ALL_SETTINGS, Config
-from tests.conftest import ALLOW_ROOT
 from tests.helpers import ROOT, TIMEOUT_S, ServerProcess, read_responses, serve_process
 
 EXIT_USAGE = 2
@@ -43,14 +42,8 @@ CONSOLE_SCRIPT = Path(sys.executable).with_name("hardserve")
 
 
 @pytest.fixture(autouse=True)
-def _no_settings_from_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
-    """serve_process passes the runner's environment on; a HARDSERVE_* or PORT variable set
-    there would change what these tests start."""
-    for name in list(os.environ):
-        if name.startswith("HARDSERVE_") or name == "PORT":
-            monkeypatch.delenv(name)
-    for name, value in ALLOW_ROOT.items():  # see tests/conftest.py
-        monkeypatch.setenv(name, value)
+def _clean_environment(clean_server_env: None) -> None:
+    """No settings from the runner's environment (tests/conftest.py)."""
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from hardserve.master.listeners import BindError, bind, bind_all, parse_bind
-from tests.conftest import ALLOW_ROOT
 from tests.helpers import ROOT, TIMEOUT_S, ServerProcess, read_responses, serve_process
 
 HELLO = "tests.apps_cli.hello:app"
@@ -27,14 +26,8 @@ HELLO_BODY = b"hello from apps_cli\n"
 
 
 @pytest.fixture(autouse=True)
-def _no_settings_from_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
-    """serve_process passes the runner's environment on; a HARDSERVE_* or PORT variable set
-    there would change what these tests start."""
-    for name in list(os.environ):
-        if name.startswith("HARDSERVE_") or name == "PORT":
-            monkeypatch.delenv(name)
-    for name, value in ALLOW_ROOT.items():  # see tests/conftest.py
-        monkeypatch.setenv(name, value)
+def _clean_environment(clean_server_env: None) -> None:
+    """No settings from the runner's environment (tests/conftest.py)."""
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import ALLOW_ROOT
 from tests.helpers import ROOT, TIMEOUT_S, ServerProcess, serve_process
 
 APP = "tests.apps_cli.supervised:app"
@@ -35,15 +34,8 @@ T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("HARDSERVE_", "LISTEN_", "WATCHDOG_")) or name in (
-            "PORT",
-            "NOTIFY_SOCKET",
-        ):
-            monkeypatch.delenv(name)
-    for name, value in ALLOW_ROOT.items():  # see tests/conftest.py
-        monkeypatch.setenv(name, value)
+def _clean_environment(clean_server_env: None) -> None:
+    """No settings from the runner's environment (tests/conftest.py)."""
 
 
 # -- what the test can see ------------------------------------------------------------------------

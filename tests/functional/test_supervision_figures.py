@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ALLOW_ROOT
 from tests.functional.test_master import (
     THREADS,
     children,
@@ -36,15 +35,8 @@ from tests.helpers import TIMEOUT_S
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("HARDSERVE_", "LISTEN_", "WATCHDOG_")) or name in (
-            "PORT",
-            "NOTIFY_SOCKET",
-        ):
-            monkeypatch.delenv(name)
-    for name, value in ALLOW_ROOT.items():
-        monkeypatch.setenv(name, value)
+def _clean_environment(clean_server_env: None) -> None:
+    """No settings from the runner's environment (tests/conftest.py)."""
 
 
 def test_term_under_load_loses_no_accepted_request(tmp_path: Path) -> None:

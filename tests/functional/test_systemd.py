@@ -59,17 +59,8 @@ needs_activate = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Child processes get the runner's environment: settings, a PORT, or systemd's own
-    variables (when the tests themselves run under systemd) would change what they do."""
-    for name in list(os.environ):
-        if name.startswith(("HARDSERVE_", "LISTEN_", "WATCHDOG_")) or name in (
-            "PORT",
-            "NOTIFY_SOCKET",
-        ):
-            monkeypatch.delenv(name)
-    for name, value in ALLOW_ROOT.items():  # see tests/conftest.py
-        monkeypatch.setenv(name, value)
+def _clean_environment(clean_server_env: None) -> None:
+    """No settings from the runner's environment (tests/conftest.py)."""
 
 
 def _activator_env() -> list[str]:
