@@ -303,7 +303,7 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
     # Imported here so that `--help` and `--version` stay fast.
     from hardserve.loader import AppLoadError, check_spec
     from hardserve.master.arbiter import Arbiter
-    from hardserve.master.listeners import BindError, open_listeners
+    from hardserve.master.listeners import BindError, describe, open_listeners
     from hardserve.master.process import (
         PrivilegeError,
         drop_privileges,
@@ -312,7 +312,7 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
         write_pid_file,
     )
     from hardserve.master.systemd import Notifier, unset_env
-    from hardserve.observe.logs import configure
+    from hardserve.observe.logs import LogConfigError, apply_log_config, configure
 
     try:
         config = load(values)
@@ -321,9 +321,22 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
         return EXIT_CONFIG
     if config.umask is not None:
         os.umask(config.umask)
-    configure(
-        log_level=config.log_level, access_log=config.access_log, log_format=config.log_format
-    )
+    try:
+        configure(
+            log_level=config.log_level,
+            access_log=config.access_log,
+            log_format=config.log_format,
+            error_log=config.error_log,
+        )
+    except OSError as exc:
+        click.echo(f"hardserve: cannot open a log file: {exc}", err=True)
+        return EXIT_CONFIG
+    if config.log_config is not None:
+        try:
+            apply_log_config(config.log_config)
+        except LogConfigError as exc:
+            click.echo(f"hardserve: --log-config: {exc}", err=True)
+            return EXIT_CONFIG
     try:
         check_spec(app_spec)
     except AppLoadError as exc:
@@ -339,6 +352,8 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
     from hardserve.worker.main import preload
 
     preload(config.loop)
+    # Made now: after dropping root, the versions' metadata may not be readable.
+    announced = startup_lines(config, [describe(sock) for sock in sockets])
     try:
         drop_privileges(config.user, config.group, allow_root=config.allow_root)
     except (PrivilegeError, OSError) as exc:
@@ -358,11 +373,85 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
         # HUP reads the configuration again (the file and the environment the master started
         # with); the listeners stay as they were bound, so a new bind needs a restart.
         return Arbiter(
-            config, sockets, worker_main, notifier=notifier, reload_config=lambda: load(values)
+            config,
+            sockets,
+            worker_main,
+            notifier=notifier,
+            reload_config=lambda: load(values),
+            startup_lines=lambda: announced,
         ).run()
     finally:
         if config.pid_file:
             remove_pid_file(config.pid_file)
+
+
+# Settings that change what the server lets through or who it believes: the startup lines name
+# every one that differs from its default, with every limit (docs/logging.md).
+SECURITY_SETTINGS = (
+    "forwarded_allow_ips",
+    "forwarded_headers",
+    "proxy_protocol",
+    "proxy_allow_ips",
+    "path_encoded_slash",
+    "path_backslash",
+    "underscore_headers",
+    "allow_root",
+    "user",
+    "group",
+    "umask",
+    "unix_mode",
+    "server_header",
+    "timeout_s",
+    "max_requests",
+)
+# The limits every startup shows, changed or not.
+MAIN_LIMITS = (
+    "body_max_bytes",
+    "head_max_bytes",
+    "head_timeout_s",
+    "body_idle_timeout_s",
+    "keepalive_timeout_s",
+    "request_timeout_s",
+    "write_timeout_s",
+    "connections_max",
+    "client_connections_max",
+    "client_in_flight_max",
+)
+
+
+def startup_lines(config: Config, binds: list[str]) -> list[str]:
+    """What an operator needs to know about a server that starts: the versions, where it
+    listens, how many workers and threads, the main limits, the log files, and every
+    security-relevant setting that differs from its default."""
+    from hardserve.settings import LIMIT_SETTINGS
+
+    defaults = {s.name: s.default for s in ALL_SETTINGS}
+
+    def value(name: str) -> Any:
+        return getattr(config.limits if hasattr(config.limits, name) else config, name)
+
+    def shown(name: str) -> str:
+        setting = next(s for s in ALL_SETTINGS if s.name == name)
+        text = toml_value(setting, value(name))
+        return json.dumps(text) if isinstance(text, str) else str(text).lower()
+
+    changed = [
+        name
+        for name in (*SECURITY_SETTINGS, *(s.name for s in LIMIT_SETTINGS))
+        if value(name) != defaults[name] and name not in MAIN_LIMITS
+    ]
+    return [
+        f"starting {version_text()}",
+        f"binds: {', '.join(binds)}",
+        f"workers: {config.workers}, threads per worker: {config.threads}, "
+        f"pool queue: {config.pool_queue_max}, loop: {config.loop}",
+        "limits: " + ", ".join(f"{name}={shown(name)}" for name in MAIN_LIMITS),
+        f"logs: error {config.error_log}, access {config.access_log or 'off'}, "
+        f"format {config.log_format}"
+        + (f", log config {config.log_config}" if config.log_config else ""),
+        "security settings changed from their defaults: "
+        + (", ".join(f"{name}={shown(name)}" for name in changed) or "none"),
+    ]
 
 
 def run_worker_process(app_spec: str, config: Any, sockets: Any, heartbeat_fd: int) -> int:

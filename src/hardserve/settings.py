@@ -22,6 +22,7 @@ from typing import Any
 
 from hardserve.http.forwarded import TrustedPeers
 from hardserve.http.limits import Limits
+from hardserve.observe.logs import DEFAULT_ACCESS_FORMAT, compile_access_format
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +283,35 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("pid_file", "Write the master's process id to FILE.", None, metavar="FILE"),
     Setting("loop", "Event loop implementation.", "auto", choices=("auto", "uvloop", "asyncio")),
-    Setting("access_log", "Write the access log to FILE, or '-' for stderr.", None, metavar="FILE"),
+    Setting(
+        "access_log",
+        "Write the access log to FILE, or '-' for stderr; default: no access log.",
+        None,
+        metavar="FILE",
+    ),
+    Setting(
+        "access_log_format",
+        "The access log's line, in gunicorn's format (%(h)s, %(r)s, %({header}i)s, ...; "
+        "docs/logging.md lists the atoms). Ignored with --log-format json. The default is "
+        "gunicorn's (Apache combined) followed by the duration in seconds, the request ID and "
+        "the outcome.",
+        DEFAULT_ACCESS_FORMAT,
+        metavar="FORMAT",
+    ),
+    Setting(
+        "error_log",
+        "Write the error log and the security log to FILE, or '-' for stderr (the default).",
+        "-",
+        metavar="FILE",
+    ),
+    Setting(
+        "log_config",
+        "A logging configuration (logging.config.dictConfig) in a JSON (*.json) or TOML file, "
+        "applied after hardserve's own, so it can replace handlers, formatters and levels "
+        "(docs/logging.md).",
+        None,
+        metavar="FILE",
+    ),
     Setting(
         "log_level",
         "Level of the error log.",
@@ -378,6 +407,9 @@ class Config:
     pid_file: str | None = None
     loop: str = "auto"
     access_log: str | None = None
+    access_log_format: str = DEFAULT_ACCESS_FORMAT
+    error_log: str = "-"
+    log_config: str | None = None
     log_level: str = "info"
     log_format: str = "text"
     limits: Limits = field(default_factory=Limits)
@@ -441,6 +473,7 @@ def resolve(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> 
         _check_range(setting, resolved[setting.name], sources[setting.name])
     _check_server_header(resolved["server_header"], sources["server_header"])
     _check_proxies(resolved, sources)
+    _check_logs(resolved, sources)
     limits = Limits(**{name: resolved.pop(name) for name in _LIMIT_NAMES})
     return Resolved(Config(limits=limits, **resolved), sources, path, path_source)
 
@@ -539,6 +572,20 @@ def _check_proxies(resolved: dict[str, Any], sources: Mapping[str, str]) -> None
                 "proxy_allow_ips (the proxies' addresses)"
             )
         raise SettingError("--proxy-protocol on needs --proxy-allow-ips (the proxies' addresses)")
+
+
+def _check_logs(resolved: dict[str, Any], sources: Mapping[str, str]) -> None:
+    try:
+        compile_access_format(resolved["access_log_format"])
+    except ValueError as exc:
+        name = "access_log_format"
+        raise _error(_BY_NAME[name], sources[name], f": {exc}") from exc
+    for name in ("access_log", "error_log", "log_config"):
+        value = resolved[name]
+        if value is not None and not value.strip():
+            raise _error(_BY_NAME[name], sources[name], " needs a file name (or '-')")
+    if resolved["log_config"] == "-":
+        raise _error(_BY_NAME["log_config"], sources["log_config"], " needs a file name")
 
 
 def _from_env(setting: Setting, raw: str) -> Any:

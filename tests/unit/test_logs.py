@@ -1,17 +1,21 @@
 """The security log's line, in text and in JSON: one line per refusal, whatever the client
-sent."""
+sent; the access-log format compiler and escapes; --log-config and reopening log files."""
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from hardserve.observe import logs
+from hardserve.settings import SettingError, load
 
 HOSTILE = 'x"\n[2026-01-01] [1] [WARNING] hardserve.security: refused reason=forged\x1b[31m\u2028'
 
@@ -65,3 +69,168 @@ def test_refusal_without_status_or_peer(captured: tuple[str, io.StringIO]) -> No
         assert (entry["status"], entry["peer"], entry["request_line_sha256"]) == (0, "-", "-")
     else:
         assert "status=0 peer=- request_line_sha256=-" in line
+
+
+# -- the access-log format ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ("%(nope)s", "unknown atom %(nope)s"),
+        ("%({content-type}o)s", "response headers are not available"),
+        ("100%", "'%' at character 4"),
+        ("%(h)x", "'%' at character 1"),
+        ("%(h)s %", "'%' at character 7"),
+    ],
+)
+def test_a_format_that_cannot_be_read_is_refused(spec: str, error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        logs.compile_access_format(spec)
+
+
+def test_a_bad_format_is_a_setting_error() -> None:
+    with pytest.raises(SettingError, match=r"--access-log-format: unknown atom %\(x\)s"):
+        load({"access_log_format": "%(h)s %(x)s"}, env={})
+    assert load({}, env={}).access_log_format == logs.DEFAULT_ACCESS_FORMAT
+
+
+def test_the_format_compiles_to_one_template() -> None:
+    template, getters = logs.compile_access_format('%(h)s "%(r)s" 100%% %({Host}i)s')
+    assert template == '%s "%s" 100%% %s'
+    assert len(getters) == 3
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (b"/plain?a=1", "/plain?a=1"),
+        (b'a"b', 'a\\"b'),
+        (b"a\\b", "a\\\\b"),
+        (b"\r\n\t\x00\x1b\x7f", "\\r\\n\\t\\x00\\x1b\\x7f"),
+        (b"\x80\xe9\xff", "\\x80\\xe9\\xff"),
+        (b'\\"', '\\\\\\"'),
+    ],
+)
+def test_escaped_bytes_are_printable_ascii_and_read_back(raw: bytes, shown: str) -> None:
+    assert logs.escape_bytes(raw) == shown
+    assert codecs.decode(shown, "unicode_escape").encode("latin-1") == raw
+
+
+def test_escaped_text_covers_characters_past_latin1() -> None:
+    assert logs.escape_text("a\u2028b\U0001f600") == "a\\u2028b\\U0001f600"
+
+
+# -- --log-config and reopening -------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    names = ("", logs.ERROR, logs.ACCESS, logs.SECURITY, "app")
+    saved = {
+        name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level) for name in names
+    }
+    propagate = {name: logging.getLogger(name).propagate for name in names}
+    try:
+        yield
+    finally:
+        for name, (handlers, level) in saved.items():
+            logger = logging.getLogger(name)
+            for handler in logger.handlers:
+                if handler not in handlers:
+                    handler.close()
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate[name]
+            logger.disabled = False
+
+
+def test_a_log_config_in_toml_overrides_hardserves_handlers(
+    tmp_path: Path, restore_logging: None
+) -> None:
+    target = tmp_path / "access.log"
+    config = tmp_path / "logging.toml"
+    config.write_text(
+        f"""
+[formatters.plain]
+format = "ACCESS %(message)s"
+[handlers.file]
+class = "logging.FileHandler"
+filename = "{target}"
+formatter = "plain"
+[loggers."hardserve.access"]
+handlers = ["file"]
+level = "INFO"
+propagate = false
+"""
+    )
+    logs.configure(access_log=None)
+    logs.apply_log_config(str(config))
+    logging.getLogger(logs.ACCESS).info("one")
+    assert logging.getLogger(logs.ERROR).handlers, "an unnamed logger keeps its handlers"
+    assert not logging.getLogger(logs.ERROR).disabled
+    for handler in logging.getLogger(logs.ACCESS).handlers:
+        handler.flush()
+    assert target.read_text() == "ACCESS one\n"
+
+
+def test_a_log_config_in_json_works_too(tmp_path: Path, restore_logging: None) -> None:
+    config = tmp_path / "logging.json"
+    config.write_text(json.dumps({"loggers": {"app": {"level": "ERROR"}}}))
+    logs.apply_log_config(str(config))
+    assert logging.getLogger("app").level == logging.ERROR
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "error"),
+    [
+        ("missing.toml", None, "cannot read"),
+        ("bad.toml", "[handlers\n", "not valid TOML"),
+        ("bad.json", "{", "not valid JSON"),
+        ("list.json", "[1]", "must hold one object"),
+        ("class.toml", '[handlers.h]\nclass = "no.such.Handler"\n', "handler 'h'"),
+        ("version.toml", "version = 2\n", "version"),
+    ],
+)
+def test_a_bad_log_config_is_one_line(
+    tmp_path: Path, restore_logging: None, name: str, text: str | None, error: str
+) -> None:
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(logs.LogConfigError) as caught:
+        logs.apply_log_config(str(path))
+    message = str(caught.value)
+    assert error in message and "\n" not in message and message.startswith(str(path))
+
+
+def test_reopen_covers_every_file_handler(tmp_path: Path, restore_logging: None) -> None:
+    errors, access, other = tmp_path / "error.log", tmp_path / "access.log", tmp_path / "o.log"
+    logs.configure(error_log=str(errors), access_log=str(access))
+    extra = logging.FileHandler(other)
+    logging.getLogger("app").addHandler(extra)
+    for path in (errors, access, other):
+        path.rename(path.with_suffix(".1"))
+    logs.reopen_files()
+    logging.getLogger(logs.ERROR).error("after")
+    logging.getLogger(logs.ACCESS).info("after")
+    logging.getLogger("app").error("after")
+    for handler in (
+        *logging.getLogger(logs.ERROR).handlers,
+        *logging.getLogger(logs.ACCESS).handlers,
+        extra,
+    ):
+        handler.flush()
+    for path in (errors, access, other):
+        assert "after" in path.read_text(), path
+        assert path.with_suffix(".1").read_text() == ""
+
+
+def test_a_refusal_names_its_request_id(captured: tuple[str, io.StringIO]) -> None:
+    log_format, stream = captured
+    logs.log_refusal("forwarded_invalid", 400, ("192.0.2.7", 1), b"GET / HTTP/1.1", "x", "r-1")
+    line = stream.getvalue().strip()
+    if log_format == "json":
+        assert json.loads(line)["request_id"] == "r-1"
+    else:
+        assert " request_id=r-1 detail='x'" in line

@@ -52,11 +52,13 @@ def parse_status(status: object) -> tuple[int, bytes]:
 
 APP_SET_DATE: Final = 1
 APP_SET_SERVER: Final = 2
+APP_SET_REQUEST_ID: Final = 4
 
 
 def validate_headers(headers: object) -> tuple[list[Header], int | None, int]:
     """The app's header list, encoded; its Content-Length if it set one; and which of the
-    server's own headers (APP_SET_DATE, APP_SET_SERVER) it set, so they are not sent twice."""
+    server's own headers (APP_SET_DATE, APP_SET_SERVER, APP_SET_REQUEST_ID) it set, so they
+    are not sent twice."""
     if type(headers) is not list:
         raise ResponseError("response headers must be a list")
     encoded: list[Header] = []
@@ -86,6 +88,8 @@ def validate_headers(headers: object) -> tuple[list[Header], int | None, int]:
             app_set |= APP_SET_DATE
         elif lowered == "server":
             app_set |= APP_SET_SERVER
+        elif lowered == "x-request-id":
+            app_set |= APP_SET_REQUEST_ID
         encoded.append((name.encode("latin-1"), value.encode("latin-1")))
     return encoded, content_length, app_set
 

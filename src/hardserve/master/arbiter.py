@@ -60,12 +60,16 @@ class Arbiter:
         *,
         notifier: Notifier | None = None,
         reload_config: Callable[[], Config] | None = None,
+        startup_lines: Callable[[], list[str]] | None = None,
     ) -> None:
         self.config = config
         self.sockets = sockets
         self.worker_main = worker_main
         self.notifier = notifier
         self.reload_config = reload_config
+        # What the operator is told once, as the first worker serves, before "listening at":
+        # a server whose app cannot load says only why (one line).
+        self.startup_lines = startup_lines
         self.state = policy.MasterState(
             desired=config.workers,
             timeout_s=config.timeout_s,
@@ -166,6 +170,9 @@ class Arbiter:
             elif isinstance(action, policy.Log):
                 getattr(_log, action.level)("%s", action.message)
             elif isinstance(action, policy.AnnounceListening):
+                if self.startup_lines is not None:
+                    for line in self.startup_lines():
+                        _log.info("%s", line)
                 for sock in self.sockets:
                     _log.info("listening at %s", describe(sock))
             elif isinstance(action, policy.ReloadConfig):

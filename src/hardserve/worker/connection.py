@@ -38,8 +38,14 @@ from hardserve.http.parser import (
 )
 from hardserve.http.proxy_protocol import ProxyHeaderReader, ProxyProtocolError
 from hardserve.http.reasons import Reason
-from hardserve.http.response import ResponseFramer, error_response
-from hardserve.observe.logs import log_refusal
+from hardserve.http.response import (
+    APP_SET_DATE,
+    APP_SET_REQUEST_ID,
+    APP_SET_SERVER,
+    ResponseFramer,
+    error_response,
+)
+from hardserve.observe.logs import incoming_request_id, log_refusal
 from hardserve.worker.body import EMPTY_INPUT, BodyChannel, BodyReadError, InputStream
 from hardserve.worker.call import ClientGone, FileWrapper, Output, WsgiCall, output_size
 
@@ -50,6 +56,7 @@ _error_log = logging.getLogger("hardserve.error")
 _access_log = logging.getLogger("hardserve.access")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_DATE_AND_SERVER = APP_SET_DATE | APP_SET_SERVER
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 # During a graceful stop, how long a connection that has not sent a byte yet is kept open for
 # the request its client may be sending at this moment.
@@ -163,6 +170,11 @@ class HttpConnection(asyncio.Protocol):
         self.counted_address: str | None = None  # the address it is counted under as a connection
         self._proxy_reader: ProxyHeaderReader | None = None  # until the PROXY header is read
         self.requests_served = 0
+        # For the access log and the echoed X-Request-ID: the request's ID, its client's address
+        # as resolved (a trusted proxy's claim, else the peer) and its environ.
+        self.request_id = ""
+        self.client_addr = ""
+        self.environ: dict[str, Any] | None = None
         # Minimum rates: the request body being received, the response being read.
         self._body_window: RateWindow | None = None
         self._body_received = 0
@@ -399,8 +411,14 @@ class HttpConnection(asyncio.Protocol):
         self._started_at = time.monotonic()
         shared = self._shared
         peer = self._peer
+        peer_addr = peer[0] if peer else None
+        # X-Request-ID is taken only from a trusted proxy, and only short and plain.
+        request_id = (
+            incoming_request_id(head.headers) if shared.forwarders.contains(peer_addr) else None
+        )
+        self.request_id = request_id or shared.request_ids.new()
         resolution = resolve(
-            peer[0] if peer else None,
+            peer_addr,
             head.headers,
             shared.forwarders,
             family=shared.forwarded_headers,
@@ -442,6 +460,9 @@ class HttpConnection(asyncio.Protocol):
             file_wrapper=FileWrapper,
             resolution=resolution,
         )
+        # The app sees the ID the server logs and echoes, whatever the client sent.
+        environ["hardserve.request_id"] = environ["HTTP_X_REQUEST_ID"] = self.request_id
+        self.environ = environ
         framer = ResponseFramer(
             is_head=head.method == b"HEAD",
             http11=head.http_version == b"1.1",
@@ -449,7 +470,7 @@ class HttpConnection(asyncio.Protocol):
         )
         self._framer = framer
         call = WsgiCall(shared.app, environ, framer, self)
-        client_key = environ["REMOTE_ADDR"]
+        self.client_addr = client_key = environ["REMOTE_ADDR"]
         if not shared.client_request_started(client_key):
             self._refuse_now(reasons.CLIENT_IN_FLIGHT, "client in-flight limit", b"", retry_after=1)
             return
@@ -558,7 +579,17 @@ class HttpConnection(asyncio.Protocol):
     # -- the ResponseSink the app's thread writes through ------------------------------------
 
     def fixed_headers(self, app_set: int) -> bytes:
-        return self._shared.fixed_headers.variants[app_set]
+        fixed = self._shared.fixed_headers.variants[app_set & _DATE_AND_SERVER]
+        if app_set & APP_SET_REQUEST_ID:
+            return fixed  # the app's own X-Request-ID is sent instead
+        return fixed + b"X-Request-ID: " + self.request_id.encode("ascii") + b"\r\n"
+
+    def _request_id_line(self) -> bytes:
+        """The X-Request-ID line of a response the server writes itself (a refusal, a 500),
+        when there is a request."""
+        if self._head is None or not self.request_id:
+            return b""
+        return b"X-Request-ID: " + self.request_id.encode("ascii") + b"\r\n"
 
     def server_error(self, status: int, body: bytes) -> bytes:
         head = self._head
@@ -566,7 +597,7 @@ class HttpConnection(asyncio.Protocol):
             status,
             HTTPStatus(status).phrase,
             body,
-            fixed_headers=self._shared.fixed_headers.value,
+            fixed_headers=self._shared.fixed_headers.value + self._request_id_line(),
             close=True,
             is_head=head is not None and head.method == b"HEAD",
         )
@@ -791,7 +822,7 @@ class HttpConnection(asyncio.Protocol):
         if transport is None:
             return
         close = reason.close or self._must_close or (self._head is not None and self._head.has_body)
-        fixed = self._shared.fixed_headers.value
+        fixed = self._shared.fixed_headers.value + self._request_id_line()
         if retry_after is not None:
             fixed += b"Retry-After: %d\r\n" % retry_after
         body = f"{reason.phrase}: {reason.summary}\n".encode()
@@ -817,7 +848,8 @@ class HttpConnection(asyncio.Protocol):
         self._log_refusal(reasons.BODY_TIMEOUT, detail, self._request_line())
 
     def _log_refusal(self, reason: Reason, detail: str, request_line: bytes) -> None:
-        log_refusal(reason.code, reason.status, self._peer, request_line, detail)
+        request_id = self.request_id if self._head is not None else None
+        log_refusal(reason.code, reason.status, self._peer, request_line, detail, request_id)
 
     # -- timers and closing ------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from hardserve.http.forwarded import HeaderFamily, TrustedPeers
 from hardserve.http.parser import RequestHead
 from hardserve.http.response import ResponseFramer
 from hardserve.http.target import PathPolicy
-from hardserve.observe.logs import log_refusal
+from hardserve.observe.logs import AccessEntry, AccessLog, RequestIds, log_refusal
 from hardserve.worker.call import WsgiApp
 from hardserve.worker.connection import HttpConnection
 from hardserve.worker.fixed_headers import FixedHeaders
@@ -105,6 +105,10 @@ class WorkerShared:
             allow_encoded_slash=config.path_encoded_slash == "allow",
             allow_backslash=config.path_backslash == "allow",
         )
+        # The access-log format is compiled here, in the worker (its %(p)s is the worker's pid);
+        # request IDs get a prefix of their own in every worker.
+        self.access_log = AccessLog(config.access_log_format, config.log_format)
+        self.request_ids = RequestIds()
         self.connections: set[HttpConnection] = set()
         self.stopping = False
         self.requests_total = 0
@@ -197,18 +201,17 @@ class WorkerShared:
     ) -> None:
         self.requests_total += 1
         if _access_log.isEnabledFor(logging.INFO):
-            peer = connection.peer
-            status = framer.status_code if framer is not None and framer.status_code else 0
-            _access_log.info(
-                '%s "%s %s HTTP/%s" %s %d %.6f %s',
-                peer[0] if peer else "-",
-                head.method.decode("ascii"),
-                _escaped(head.raw_target),
-                head.http_version.decode("ascii"),
-                status or "-",
-                framer.sent_body_bytes if framer is not None else 0,
-                duration_s,
-                outcome,
+            self.access_log.log(
+                AccessEntry(
+                    head,
+                    connection.client_addr,
+                    framer.status_code if framer is not None else 0,
+                    framer.sent_body_bytes if framer is not None else 0,
+                    duration_s,
+                    outcome,
+                    connection.request_id,
+                    connection.environ,
+                )
             )
 
     def report_overdue_requests(self, now: float) -> None:
@@ -263,13 +266,6 @@ class WorkerShared:
         except TimeoutError:
             return False
         return True
-
-
-def _escaped(text: bytes) -> str:
-    """Client text for a quoted access-log field: backslashes doubled and control and
-    non-ASCII bytes written as escapes (unicode_escape), then quotes escaped, so the field
-    cannot end early or the line split."""
-    return text.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:
