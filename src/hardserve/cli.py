@@ -1,12 +1,14 @@
 """The `hardserve` command, generated from the settings table.
 
 `hardserve MODULE:APP [options]` serves; `hardserve NAME [options]`, NAME a subcommand
-(`check-config`), runs that instead. A subcommand is one function decorated with
-@subcommand(NAME).
+(`check-config`, `advisories`), runs that instead. A subcommand is one function decorated
+with @subcommand(NAME).
 
 Exit statuses: 0 after a clean stop, 2 for a usage error (click's), 3 when a listener cannot be
-bound or a setting is invalid, 4 when the app cannot be loaded. `check-config`: 0 (with or
-without warnings), 1 when a setting, the config file or the app spec is wrong.
+bound, a setting is invalid or a dependency is below its security floor, 4 when the app cannot
+be loaded. `check-config`: 0 (with or without warnings), 1 when a setting, the config file, the
+app spec or a dependency is wrong. `advisories`: 0 when no bundled advisory affects this
+version, 1 when one does.
 """
 
 from __future__ import annotations
@@ -57,8 +59,16 @@ def _version(name: str) -> str:
 def version_text() -> str:
     return (
         f"hardserve {__version__} "
-        f"(Python {platform.python_version()}, h11 {_version('h11')}, uvloop {_version('uvloop')})"
+        f"(Python {platform.python_version()}, h11 {_version('h11')}, uvloop {_version('uvloop')}, "
+        f"click {_version('click')}, prometheus-client {_version('prometheus-client')})"
     )
+
+
+def _dependency_problems() -> list[str]:
+    """Installed dependencies below their security floor (hardserve.dependencies)."""
+    from hardserve.dependencies import check_floors
+
+    return check_floors()
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -197,6 +207,25 @@ def check_config(app: str | None, output_format: str, **values: Any) -> None:
     sys.exit(run_check_config(app, output_format, values))
 
 
+@subcommand("advisories")
+@click.option("--all", "show_all", is_flag=True, help="List every bundled advisory.")
+def advisories(show_all: bool) -> None:
+    """List the security advisories bundled with this hardserve that affect it.
+
+    The advisories (OSV records) ship inside the package, so the list is as recent as the
+    installed release. Exit status 0 when none affects the running version, 1 when one does."""
+    from hardserve.advisories import affecting, bundled_advisories, summary_line
+
+    bundled = bundled_advisories()
+    shown = bundled if show_all else affecting(__version__, bundled)
+    for advisory in shown:
+        click.echo(summary_line(advisory))
+    affected = affecting(__version__, bundled)
+    if not shown:
+        click.echo(f"no bundled advisory affects hardserve {__version__} ({len(bundled)} bundled)")
+    sys.exit(1 if affected else 0)
+
+
 def run_check_config(app: str | None, output_format: str, values: dict[str, Any]) -> int:
     from hardserve.loader import AppLoadError, check_spec
     from hardserve.master.listeners import BindError, parse_bind
@@ -219,6 +248,11 @@ def run_check_config(app: str | None, output_format: str, values: dict[str, Any]
         except AppLoadError as exc:
             click.echo(f"hardserve: MODULE:APP: {exc}", err=True)
             return EXIT_CHECK_FAILED
+    problems = _dependency_problems()
+    for problem in problems:
+        click.echo(f"hardserve: {problem}", err=True)
+    if problems:
+        return EXIT_CHECK_FAILED
     findings = review(resolved.config)
     if output_format == "json":
         click.echo(json.dumps(_report(resolved, app, findings), indent=2))
@@ -300,6 +334,13 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
     """The master: check the settings and the app spec, bind, give up root, then start and
     supervise the workers, which import the app themselves (a HUP starts new workers, which
     import it again: code changes are picked up without a restart)."""
+    # A dependency with a known vulnerability that matters to hardserve (h11 < 0.16.0, request
+    # smuggling) is refused before anything else happens.
+    problems = _dependency_problems()
+    for problem in problems:
+        click.echo(f"hardserve: refusing to start: {problem}", err=True)
+    if problems:
+        return EXIT_CONFIG
     # Imported here so that `--help` and `--version` stay fast.
     from hardserve.loader import AppLoadError, check_spec
     from hardserve.master.arbiter import Arbiter

@@ -685,3 +685,52 @@ def wait_for_line(server: ServerProcess, text: str) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+# -- security: advisories and dependency floors --------------------------------------------------
+
+_WITH_A_FLOOR_ABOVE_H11 = (
+    "import sys, hardserve.dependencies as d; "
+    "d.check_floors.__defaults__ = (None, (d.Floor('h11', '999.0', 'CVE-0000-0000: a test floor'),)); "
+    "from hardserve.cli import main; sys.argv[0] = 'hardserve'; main()"
+)
+
+
+def test_a_dependency_below_its_security_floor_refuses_to_start() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _WITH_A_FLOOR_ABOVE_H11, HELLO, "--bind", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=ROOT,
+        check=False,
+    )
+    line = assert_one_clear_line(result, EXIT_CONFIG)
+    assert line.startswith("hardserve: refusing to start: ")
+    assert "h11" in line and "CVE-0000-0000" in line
+
+
+def test_check_config_reports_a_dependency_below_its_floor() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _WITH_A_FLOOR_ABOVE_H11, "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "h11" in result.stderr and "CVE-0000-0000" in result.stderr
+
+
+def test_advisories_lists_none_for_this_version() -> None:
+    result = run_cli("advisories")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"no bundled advisory affects hardserve {hardserve.__version__}")
+
+
+def test_version_names_the_dependencies_that_matter() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    for name in ("h11 ", "uvloop ", "click ", "prometheus-client "):
+        assert name in result.stdout

@@ -82,12 +82,17 @@ def test_every_file_in_the_folder_is_a_record_the_schema_or_a_page() -> None:
         ), f"security/advisories/{path.name}: not HSEC-<year>-<number>.json"
 
 
-@pytest.mark.parametrize("path", real_advisories(), ids=lambda p: p.name)
-def test_an_advisory_is_named_after_its_id_and_holds_no_template_text(path: Path) -> None:
-    record = load(path)
-    assert path.name == f"{record['id']}.json"
-    text = path.read_text(encoding="utf-8")
-    assert "TEMPLATE" not in text and "OWNER" not in text and "HSEC-0000-0" not in text
+def test_every_advisory_is_named_after_its_id_and_holds_no_template_text() -> None:
+    # One test over all of them (none is published yet): a parametrized test over an empty
+    # list would be skipped, not run.
+    for path in real_advisories():
+        record = load(path)
+        assert path.name == f"{record['id']}.json"
+        text = path.read_text(encoding="utf-8")
+        assert "TEMPLATE" not in text and "OWNER" not in text and "HSEC-0000-0" not in text
+    # The check itself: the template is what it would refuse.
+    template_text = TEMPLATE_PATH.read_text(encoding="utf-8")
+    assert "HSEC-0000-0" in template_text or "TEMPLATE" in template_text
 
 
 def template() -> dict[str, Any]:
