@@ -394,10 +394,20 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
 
     preload(config.loop)
     # Made now: after dropping root, the versions' metadata may not be readable.
-    announced = startup_lines(config, [describe(sock) for sock in sockets])
+    is_tls = config.certfile is not None
+    announced = startup_lines(config, [describe(sock, tls=is_tls) for sock in sockets])
     try:
         drop_privileges(config.user, config.group, allow_root=config.allow_root)
     except (PrivilegeError, OSError) as exc:
+        click.echo(f"hardserve: {exc}", err=True)
+        return EXIT_CONFIG
+    # The certificate and key are loaded once here, as the user the workers run as, so a bad
+    # pair (or a key only root can read) is one line and exit 3, not a crash in every worker.
+    from hardserve import tls
+
+    try:
+        tls.check(config)
+    except tls.TlsError as exc:
         click.echo(f"hardserve: {exc}", err=True)
         return EXIT_CONFIG
     notifier = Notifier.from_env()
@@ -418,12 +428,23 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
             sockets,
             worker_main,
             notifier=notifier,
-            reload_config=lambda: load(values),
+            reload_config=lambda: _reload_config(values),
             startup_lines=lambda: announced,
         ).run()
     finally:
         if config.pid_file:
             remove_pid_file(config.pid_file)
+
+
+def _reload_config(values: dict[str, Any]) -> Config:
+    """The configuration a HUP's new workers get: read again, and its certificate and key
+    loaded once by the master first, so a pair that does not load is refused with its reason
+    (the arbiter keeps the running configuration) instead of failing in every new worker."""
+    from hardserve import tls
+
+    config = load(values)
+    tls.check(config)
+    return config
 
 
 # Settings that change what the server lets through or who it believes: the startup lines name

@@ -324,6 +324,45 @@ SETTINGS: tuple[Setting, ...] = (
         "text",
         choices=("text", "json"),
     ),
+    Setting(
+        "certfile",
+        "Serve TLS with this certificate chain (PEM), together with keyfile. Every TCP "
+        "listener then speaks TLS; unix sockets stay plain (docs/tls.md).",
+        None,
+        metavar="FILE",
+    ),
+    Setting("keyfile", "The private key of the certificate (PEM).", None, metavar="FILE"),
+    Setting(
+        "keyfile_password_file",
+        "A file whose first line is the password of an encrypted key file.",
+        None,
+        metavar="FILE",
+    ),
+    Setting(
+        "ca_certs",
+        "CA certificates (PEM) that client certificates are checked against.",
+        None,
+        metavar="FILE",
+    ),
+    Setting(
+        "client_cert",
+        "Client certificates: not asked for (none), checked when sent (optional) or required "
+        "(mutual TLS); optional and required need the CA certificates (ca_certs).",
+        "none",
+        choices=("none", "optional", "required"),
+    ),
+    Setting(
+        "tls_min_version",
+        "The oldest TLS version accepted: TLSv1.2 (the default) or TLSv1.3.",
+        "TLSv1.2",
+        choices=("TLSv1.2", "TLSv1.3"),
+    ),
+    Setting(
+        "ciphers",
+        "OpenSSL cipher list for TLS 1.2; default: the ssl module's secure set.",
+        None,
+        metavar="LIST",
+    ),
 )
 
 _LIMIT_HELP = "Limit (docs/limits.md): "
@@ -412,6 +451,13 @@ class Config:
     log_config: str | None = None
     log_level: str = "info"
     log_format: str = "text"
+    certfile: str | None = None
+    keyfile: str | None = None
+    keyfile_password_file: str | None = None
+    ca_certs: str | None = None
+    client_cert: str = "none"
+    tls_min_version: str = "TLSv1.2"
+    ciphers: str | None = None
     limits: Limits = field(default_factory=Limits)
 
 
@@ -474,6 +520,7 @@ def resolve(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> 
     _check_server_header(resolved["server_header"], sources["server_header"])
     _check_proxies(resolved, sources)
     _check_logs(resolved, sources)
+    _check_tls(resolved, sources)
     limits = Limits(**{name: resolved.pop(name) for name in _LIMIT_NAMES})
     return Resolved(Config(limits=limits, **resolved), sources, path, path_source)
 
@@ -586,6 +633,35 @@ def _check_logs(resolved: dict[str, Any], sources: Mapping[str, str]) -> None:
             raise _error(_BY_NAME[name], sources[name], " needs a file name (or '-')")
     if resolved["log_config"] == "-":
         raise _error(_BY_NAME["log_config"], sources["log_config"], " needs a file name")
+
+
+def _check_tls(resolved: dict[str, Any], sources: Mapping[str, str]) -> None:
+    """TLS settings that only make sense together. Whether the files load is checked by the
+    master before it forks (tls.check)."""
+    for name in ("certfile", "keyfile", "keyfile_password_file", "ca_certs", "ciphers"):
+        value = resolved[name]
+        if value is not None and not value.strip():
+            raise _error(_BY_NAME[name], sources[name], " needs a value")
+    certfile, keyfile = resolved["certfile"], resolved["keyfile"]
+    if certfile is not None and keyfile is None:
+        raise _error(_BY_NAME["certfile"], sources["certfile"], " needs --keyfile as well")
+    if keyfile is not None and certfile is None:
+        raise _error(_BY_NAME["keyfile"], sources["keyfile"], " needs --certfile as well")
+    if certfile is None:
+        for name in ("keyfile_password_file", "ca_certs", "ciphers"):
+            if resolved[name] is not None:
+                raise _error(_BY_NAME[name], sources[name], " needs --certfile and --keyfile")
+        if resolved["client_cert"] != "none":
+            name = "client_cert"
+            raise _error(_BY_NAME[name], sources[name], " needs --certfile and --keyfile")
+    if certfile is not None and resolved["proxy_protocol"] == "on":
+        # The PROXY header comes before the TLS handshake; the loop's TLS transport would
+        # read it as a broken handshake.
+        name = "proxy_protocol"
+        raise _error(_BY_NAME[name], sources[name], " on cannot be combined with TLS (certfile)")
+    if resolved["client_cert"] != "none" and resolved["ca_certs"] is None:
+        name = "client_cert"
+        raise _error(_BY_NAME[name], sources[name], " needs --ca-certs (the CAs to check against)")
 
 
 def _from_env(setting: Setting, raw: str) -> Any:
@@ -763,6 +839,7 @@ OFF_AT_ZERO: dict[str, str] = {
     "(only write_timeout_s bounds a stall)",
     "client_in_flight_max": "one client address may take every pool thread",
     "max_requests": "workers are never recycled",
+    "tls_handshake_timeout_s": "a TLS handshake may take the event loop's own 60 s",
 }
 # A limit raised past this many times its default is as good as off.
 VERY_HIGH_FACTOR = 100

@@ -66,16 +66,23 @@ def sample(setting: Setting) -> tuple[str, Any]:
     return '"text-value"', "text-value"
 
 
+# TLS settings that only load together (tests/unit/test_tls.py): each is tested with these.
+TLS_COMPANIONS = {"certfile": '"c.pem"', "keyfile": '"k.pem"', "ca_certs": '"ca.pem"'}
+
+
 @pytest.mark.parametrize("setting", ALL_SETTINGS, ids=lambda s: s.name)
 def test_every_setting_is_a_top_level_key(setting: Setting, tmp_path: Path) -> None:
     text, expected = sample(setting)
-    resolved = from_file(tmp_path, f"{setting.name} = {text}\n")
+    tls_settings = ("certfile", "keyfile", "keyfile_password_file", "ca_certs", "client_cert")
+    companions = TLS_COMPANIONS if setting.name in (*tls_settings, "ciphers") else {}
+    lines = [f"{name} = {value}" for name, value in companions.items() if name != setting.name]
+    resolved = from_file(tmp_path, "\n".join([*lines, f"{setting.name} = {text}"]) + "\n")
     assert resolved.value(setting.name) == expected
     assert type(resolved.value(setting.name)) is type(expected)
     path = str(tmp_path / "hardserve.toml")
     assert resolved.sources[setting.name] == f"file:{path}"
     others = {name for name, source in resolved.sources.items() if source != "default"}
-    assert others == {setting.name}
+    assert others == {setting.name} | set(companions)
 
 
 def test_sample_values_differ_from_the_defaults() -> None:

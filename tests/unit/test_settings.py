@@ -257,8 +257,13 @@ def test_value_outside_the_choices_is_refused(setting: Setting) -> None:
 
 @pytest.mark.parametrize("setting", CHOICE_SETTINGS, ids=lambda s: s.name)
 def test_every_choice_is_accepted(setting: Setting) -> None:
-    # The PROXY protocol needs its allow-list (tested below); every other choice stands alone.
-    needed = {"proxy_allow_ips": "127.0.0.1"} if setting.name == "proxy_protocol" else {}
+    # The PROXY protocol needs its allow-list (tested below), client certificates a certificate,
+    # key and CAs (tests/unit/test_tls.py); every other choice stands alone.
+    needed: dict[str, str] = {}
+    if setting.name == "proxy_protocol":
+        needed = {"proxy_allow_ips": "127.0.0.1"}
+    elif setting.name == "client_cert":
+        needed = {"certfile": "c.pem", "keyfile": "k.pem", "ca_certs": "ca.pem"}
     for choice in setting.choices:
         assert getattr(load({setting.name: choice, **needed}, env={}), setting.name) == choice
 

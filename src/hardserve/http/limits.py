@@ -100,6 +100,12 @@ class Limits:
     # recycling). gunicorn --timeout 30 kills the whole worker, with no trace of what it did.
     request_timeout_s: float = 30.0
 
+    # A TLS client must finish its handshake within this many seconds of connecting, or the
+    # connection is dropped before it reaches the HTTP layer (docs/tls.md). nginx
+    # ssl_handshake_timeout 60 s (1.25.3), gunicorn none; 10 s is the head deadline's budget.
+    # 0 leaves the event loop's own deadline (60 s in asyncio and uvloop).
+    tls_handshake_timeout_s: float = 10.0
+
     # The app's thread waits at most this long for a slow reader to take queued response bytes.
     write_timeout_s: float = 30.0
 

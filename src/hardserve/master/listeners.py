@@ -201,14 +201,16 @@ def _fd_of(spec: str) -> int:
     return number
 
 
-def describe(sock: socket.socket) -> str:
+def describe(sock: socket.socket, *, tls: bool = False) -> str:
     """A listening socket as an operator writes it: http://HOST:PORT, http://[V6]:PORT or
-    unix:PATH (an abstract unix name starts with '@')."""
+    unix:PATH (an abstract unix name starts with '@'); https:// for a TCP socket when `tls`
+    (unix sockets stay plain)."""
     address = sock.getsockname()
     if sock.family == socket.AF_UNIX:
         if isinstance(address, bytes):
             address = "@" + address[1:].decode("utf-8", "backslashreplace")
         return f"unix:{address}"
+    scheme = "https" if tls else "http"
     if sock.family == socket.AF_INET6:
-        return f"http://[{address[0]}]:{address[1]}"
-    return f"http://{address[0]}:{address[1]}"
+        return f"{scheme}://[{address[0]}]:{address[1]}"
+    return f"{scheme}://{address[0]}:{address[1]}"

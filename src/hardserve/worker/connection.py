@@ -22,6 +22,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
+from hardserve import tls
 from hardserve.http import reasons
 from hardserve.http.deadlines import RateWindow
 from hardserve.http.environ import build_environ
@@ -137,6 +138,7 @@ class HttpConnection(asyncio.Protocol):
         self._peer: tuple[str, int] | None = None
         self._server_addr: tuple[str, int] = ("", 0)
         self._url_scheme = "http"
+        self._tls_environ: dict[str, str] | None = None
         self._socket_fd = -1
         self.can_sendfile = False
         self._gate = WriteGate(self._limits.write_queue_bytes)
@@ -217,6 +219,8 @@ class HttpConnection(asyncio.Protocol):
             self.can_sendfile = True
         else:
             self._url_scheme = "https"
+            # The peer's certificate is fixed for the connection: read once, not per request.
+            self._tls_environ = tls.environ_keys(transport.get_extra_info("peercert"))
         shared = self._shared
         shared.connection_opened(self)
         if shared.proxy_peers is not None:
@@ -460,6 +464,8 @@ class HttpConnection(asyncio.Protocol):
             file_wrapper=FileWrapper,
             resolution=resolution,
         )
+        if self._tls_environ is not None:
+            environ.update(self._tls_environ)
         # The app sees the ID the server logs and echoes, whatever the client sent.
         environ["hardserve.request_id"] = environ["HTTP_X_REQUEST_ID"] = self.request_id
         self.environ = environ

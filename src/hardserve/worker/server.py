@@ -12,6 +12,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
+from hardserve import tls
 from hardserve.http import reasons
 from hardserve.http.forwarded import HeaderFamily, TrustedPeers
 from hardserve.http.parser import RequestHead
@@ -45,11 +46,17 @@ class Acceptor:
         factory: Callable[[], asyncio.Protocol],
         sockets: list[socket.socket],
         backlog: int,
+        context: tls.Context | None = None,
+        tls_handshake_timeout_s: float = 10.0,
     ) -> None:
         self._loop = loop
         self._factory = factory
         self._sockets = sockets
         self._backlog = backlog
+        # With TLS configured every TCP listener speaks it; unix sockets stay plain (a local
+        # proxy in front, docs/tls.md).
+        self._tls = context
+        self._tls_handshake_timeout_s = tls_handshake_timeout_s
         self.servers: list[asyncio.AbstractServer] = []
         self._starting: asyncio.Task[None] | None = None
         self.accepting = False
@@ -63,6 +70,10 @@ class Acceptor:
             if sock.family == socket.AF_UNIX:
                 servers.append(await self._loop.create_unix_server(self._factory, **kwargs))
             else:
+                if self._tls is not None:
+                    kwargs["ssl"] = self._tls
+                    # 0 leaves the loop's own deadline (60 s): both loops refuse 0.
+                    kwargs["ssl_handshake_timeout"] = self._tls_handshake_timeout_s or None
                 servers.append(await self._loop.create_server(self._factory, **kwargs))
         if self.closed or not self.accepting:
             for server in servers:  # paused or closed while the servers were being made
@@ -282,7 +293,17 @@ async def start_servers(
     def factory() -> HttpConnection:
         return HttpConnection(shared)
 
-    acceptor = Acceptor(loop, factory, sockets, shared.config.listen_backlog)
+    config = shared.config
+    acceptor = Acceptor(
+        loop,
+        factory,
+        sockets,
+        config.listen_backlog,
+        # Loaded by the master (at start, again on HUP) and inherited through fork; never
+        # read per connection.
+        tls.worker_context(config),
+        config.limits.tls_handshake_timeout_s,
+    )
     shared.acceptor = acceptor
     await acceptor.start()
     return acceptor

@@ -1,0 +1,186 @@
+"""tls.py without a network: the context's settings, the password file, the checks at load,
+and the environ keys of a client certificate."""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from hardserve import tls
+from hardserve.settings import Config, SettingError, load
+
+
+def _pair(directory: Path, password: bytes | None = None) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    )
+    return cert_path, key_path
+
+
+def test_no_certfile_no_context() -> None:
+    assert tls.build_context(Config()) is None
+
+
+def test_the_context_has_the_hardened_defaults(tmp_path: Path) -> None:
+    cert, key = _pair(tmp_path)
+    context = tls.build_context(Config(certfile=str(cert), keyfile=str(key)))
+    assert context is not None
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert context.options & ssl.OP_NO_COMPRESSION
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+    assert context.verify_mode == ssl.CERT_NONE
+    # The ssl module's own cipher set: no RC4, no NULL, no export ciphers.
+    names = {c["name"] for c in context.get_ciphers()}
+    assert names == {c["name"] for c in ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).get_ciphers()}
+    assert not any("RC4" in n or "NULL" in n for n in names)
+
+
+def test_settings_reach_the_context(tmp_path: Path) -> None:
+    cert, key = _pair(tmp_path)
+    config = Config(
+        certfile=str(cert),
+        keyfile=str(key),
+        ca_certs=str(cert),
+        client_cert="required",
+        tls_min_version="TLSv1.3",
+        ciphers="ECDHE+AESGCM",
+    )
+    context = tls.build_context(config)
+    assert context is not None
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    tls12 = {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"}
+    assert tls12 and all("GCM" in name for name in tls12)
+    optional = tls.build_context(
+        Config(certfile=str(cert), keyfile=str(key), ca_certs=str(cert), client_cert="optional")
+    )
+    assert optional is not None and optional.verify_mode == ssl.CERT_OPTIONAL
+
+
+def test_an_encrypted_key_needs_its_password_file(tmp_path: Path) -> None:
+    cert, key = _pair(tmp_path, password=b"s3cret")
+    with pytest.raises(tls.TlsError, match="cannot load --certfile"):
+        tls.build_context(Config(certfile=str(cert), keyfile=str(key)))
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope\n")
+    with pytest.raises(tls.TlsError, match="cannot load --certfile"):
+        tls.build_context(
+            Config(certfile=str(cert), keyfile=str(key), keyfile_password_file=str(wrong))
+        )
+    right = tmp_path / "password"
+    right.write_text("s3cret\n")
+    context = tls.build_context(
+        Config(certfile=str(cert), keyfile=str(key), keyfile_password_file=str(right))
+    )
+    assert context is not None
+    with pytest.raises(tls.TlsError, match="cannot read --keyfile-password-file"):
+        tls.check(
+            Config(
+                certfile=str(cert),
+                keyfile=str(key),
+                keyfile_password_file=str(tmp_path / "missing"),
+            )
+        )
+
+
+def test_bad_ciphers_and_ca_file_are_named(tmp_path: Path) -> None:
+    cert, key = _pair(tmp_path)
+    with pytest.raises(tls.TlsError, match="--ciphers 'NOTHING-AT-ALL' selects no cipher"):
+        tls.build_context(Config(certfile=str(cert), keyfile=str(key), ciphers="NOTHING-AT-ALL"))
+    with pytest.raises(tls.TlsError, match="cannot load --ca-certs"):
+        tls.build_context(
+            Config(certfile=str(cert), keyfile=str(key), ca_certs=str(tmp_path / "none.pem"))
+        )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"certfile": "c.pem"}, "--certfile needs --keyfile as well"),
+        ({"keyfile": "k.pem"}, "--keyfile needs --certfile as well"),
+        ({"ca_certs": "ca.pem"}, "--ca-certs needs --certfile and --keyfile"),
+        ({"client_cert": "required"}, "--client-cert needs --certfile and --keyfile"),
+        (
+            {"certfile": "c.pem", "keyfile": "k.pem", "client_cert": "optional"},
+            "--client-cert needs --ca-certs",
+        ),
+        ({"certfile": " ", "keyfile": "k.pem"}, "--certfile needs a value"),
+        (
+            {
+                "certfile": "c.pem",
+                "keyfile": "k.pem",
+                "proxy_protocol": "on",
+                "proxy_allow_ips": "127.0.0.1",
+            },
+            "--proxy-protocol on cannot be combined with TLS",
+        ),
+        ({"tls_min_version": "TLSv1.1"}, "--tls-min-version must be one of TLSv1.2, TLSv1.3"),
+    ],
+)
+def test_tls_settings_are_checked_at_load(values: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingError, match=message):
+        load(values, env={})
+
+
+def test_tls_settings_load() -> None:
+    config = load({"certfile": "c.pem", "keyfile": "k.pem", "ca_certs": "ca.pem"}, env={})
+    assert (config.certfile, config.keyfile, config.ca_certs) == ("c.pem", "k.pem", "ca.pem")
+    assert (config.client_cert, config.tls_min_version, config.ciphers) == ("none", "TLSv1.2", None)
+    assert config.limits.tls_handshake_timeout_s == 10.0
+
+
+def test_distinguished_names_are_written_last_rdn_first_and_escaped() -> None:
+    name = (
+        (("countryName", "DE"),),
+        (("organizationName", "Acme, Inc."),),
+        (("commonName", "#a+b=c"), ("emailAddress", "x@y")),
+        (("2.5.4.99", " odd\x01 "),),
+    )
+    assert tls.distinguished_name(name) == (
+        "2.5.4.99=\\ odd\\01\\ ,CN=\\#a\\+b\\=c+emailAddress=x@y,O=Acme\\, Inc.,C=DE"
+    )
+    assert tls.distinguished_name(None) == ""
+
+
+def test_environ_keys() -> None:
+    assert tls.environ_keys(None) == {"HTTPS": "on", "SSL_CLIENT_VERIFY": "NONE"}
+    assert tls.environ_keys({}) == {"HTTPS": "on", "SSL_CLIENT_VERIFY": "NONE"}
+    peercert = {
+        "subject": ((("commonName", "client"),),),
+        "issuer": ((("commonName", "CA"),),),
+        "serialNumber": "0A1B",
+    }
+    assert tls.environ_keys(peercert) == {
+        "HTTPS": "on",
+        "SSL_CLIENT_VERIFY": "SUCCESS",
+        "SSL_CLIENT_S_DN": "CN=client",
+        "SSL_CLIENT_I_DN": "CN=CA",
+        "SSL_CLIENT_M_SERIAL": "0A1B",
+    }
