@@ -344,7 +344,12 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
     # Imported here so that `--help` and `--version` stay fast.
     from hardserve.loader import AppLoadError, check_spec
     from hardserve.master.arbiter import Arbiter
-    from hardserve.master.listeners import BindError, describe, open_listeners
+    from hardserve.master.listeners import (
+        BindError,
+        describe,
+        open_listeners,
+        tls_listener_fds,
+    )
     from hardserve.master.process import (
         PrivilegeError,
         drop_privileges,
@@ -394,8 +399,13 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
 
     preload(config.loop)
     # Made now: after dropping root, the versions' metadata may not be readable.
+    from hardserve import tls
+
+    tls.mark_tls_listeners(tls_listener_fds())
     is_tls = config.certfile is not None
-    announced = startup_lines(config, [describe(sock, tls=is_tls) for sock in sockets])
+    announced = startup_lines(
+        config, [describe(sock, tls=is_tls and tls.serves_tls(sock)) for sock in sockets]
+    )
     try:
         drop_privileges(config.user, config.group, allow_root=config.allow_root)
     except (PrivilegeError, OSError) as exc:
@@ -403,8 +413,6 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
         return EXIT_CONFIG
     # The certificate and key are loaded once here, as the user the workers run as, so a bad
     # pair (or a key only root can read) is one line and exit 3, not a crash in every worker.
-    from hardserve import tls
-
     try:
         tls.check(config)
     except tls.TlsError as exc:

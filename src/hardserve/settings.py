@@ -96,7 +96,9 @@ def default_binds(env: Mapping[str, str]) -> tuple[str, ...]:
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "bind",
-        "Listen on HOST:PORT, [IPv6]:PORT, unix:/PATH or fd://N; repeatable. "
+        "Listen on HOST:PORT, [IPv6]:PORT, tls://HOST:PORT, unix:/PATH or fd://N; "
+        "repeatable. With certfile and no tls:// bind every TCP bind is TLS; with a tls:// "
+        "bind only those are (docs/tls.md). "
         "Default 127.0.0.1:8000, or 0.0.0.0:$PORT when PORT is set.",
         (),
         multiple=True,
@@ -643,6 +645,9 @@ def _check_tls(resolved: dict[str, Any], sources: Mapping[str, str]) -> None:
         if value is not None and not value.strip():
             raise _error(_BY_NAME[name], sources[name], " needs a value")
     certfile, keyfile = resolved["certfile"], resolved["keyfile"]
+    tls_binds = [b for b in resolved["bind"] if b.startswith("tls://")]
+    if tls_binds and certfile is None:
+        raise _error(_BY_NAME["bind"], sources["bind"], f" {tls_binds[0]} needs --certfile")
     if certfile is not None and keyfile is None:
         raise _error(_BY_NAME["certfile"], sources["certfile"], " needs --keyfile as well")
     if keyfile is not None and certfile is None:
@@ -911,6 +916,7 @@ def _inet_host(bind: str) -> str | None:
     fd:// (a systemd socket's address is not known here)."""
     if bind.startswith(("unix:", "fd://")):
         return None
+    bind = bind.removeprefix("tls://")
     if bind.startswith("["):
         return bind[1:].partition("]")[0]
     host, colon, _ = bind.rpartition(":")

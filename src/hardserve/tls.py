@@ -6,6 +6,7 @@ unless --ciphers names another, ALPN http/1.1, no TLS compression, no renegotiat
 
 from __future__ import annotations
 
+import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +104,25 @@ def _settings_of(config: Config) -> tuple[str | None, ...]:
         config.tls_min_version,
         config.ciphers,
     )
+
+
+# The descriptors of the listeners that speak TLS when the binds name some (tls://); None when
+# they name none, and every TCP listener speaks TLS.
+_tls_listeners: frozenset[int] | None = None
+
+
+def mark_tls_listeners(fds: frozenset[int]) -> None:
+    """The master's record of its tls:// listeners (by descriptor; the workers share them)."""
+    global _tls_listeners
+    _tls_listeners = fds or None
+
+
+def serves_tls(sock: socket.socket) -> bool:
+    """Whether a listening socket speaks TLS (when a context is configured): a tls:// bind's,
+    or, when no bind says tls://, every TCP socket. Unix sockets never."""
+    if sock.family == socket.AF_UNIX:
+        return False
+    return _tls_listeners is None or sock.fileno() in _tls_listeners
 
 
 def check(config: Config) -> None:

@@ -569,3 +569,74 @@ def test_hup_with_a_broken_pair_keeps_serving_the_old_certificate(
     # The new workers got the pair loaded before: none of them failed to start.
     assert "died" not in log
     assert "Traceback" not in log
+
+
+# -- which listeners speak TLS ----------------------------------------------------------------
+
+
+def _plain_get(sock: socket.socket) -> bytes:
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    responses, _ = read_responses(sock, 1)
+    return responses[0].body
+
+
+def test_unix_sockets_stay_plain_beside_a_tls_port(
+    pki: Pki, tmp_path: Path, clean_server_env: None
+) -> None:
+    path = tmp_path / "app.sock"
+    args = ("--certfile", str(pki.cert), "--keyfile", str(pki.key))
+    binds = ("--bind", f"unix:{path}", "--bind", "127.0.0.1:0")
+    with serve_process(HELLO, *args, *binds, cwd=str(ROOT)) as server:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as local:
+            local.settimeout(TIMEOUT_S)
+            local.connect(str(path))
+            assert _plain_get(local) == b"hello from apps_cli\n"
+        with (
+            socket.create_connection((server.host, server.port), timeout=TIMEOUT_S) as raw,
+            client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+        ):
+            assert get(sock)[0][0].body == b"hello from apps_cli\n"
+
+
+def test_with_a_tls_bind_only_tls_binds_speak_tls(pki: Pki, clean_server_env: None) -> None:
+    args = ("--certfile", str(pki.cert), "--keyfile", str(pki.key))
+    binds = ("--bind", "tls://127.0.0.1:0", "--bind", "127.0.0.1:0")
+    with serve_process(HELLO, *args, *binds, cwd=str(ROOT)) as server:
+        _wait_for_line(server, "binds: ")
+
+        def ports() -> list[int]:
+            return [
+                int(line.rsplit(":", 1)[1])
+                for line in list(server.stderr_lines)
+                if "listening at http://127.0.0.1:" in line
+            ]
+
+        assert wait_until(lambda: len(ports()) == 2), server.stderr_lines
+        tls_port, plain_port = ports()
+        binds_line = next(line for line in server.stderr_lines if "binds: " in line)
+        assert f"https://127.0.0.1:{tls_port}, http://127.0.0.1:{plain_port}" in binds_line
+        with (
+            socket.create_connection(("127.0.0.1", tls_port), timeout=TIMEOUT_S) as raw,
+            client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+        ):
+            assert get(sock)[0][0].body == b"hello from apps_cli\n"
+        with socket.create_connection(("127.0.0.1", plain_port), timeout=TIMEOUT_S) as plain:
+            assert _plain_get(plain) == b"hello from apps_cli\n"
+        with (
+            pytest.raises(ssl.SSLError),
+            socket.create_connection(("127.0.0.1", plain_port), timeout=TIMEOUT_S) as raw,
+            client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1"),
+        ):
+            pass
+
+
+def test_a_tls_bind_without_a_certificate_exits_3(clean_server_env: None) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hardserve", HELLO, "--bind", "tls://127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=str(ROOT),
+    )
+    assert result.returncode == 3
+    assert result.stderr.strip() == "hardserve: --bind tls://127.0.0.1:0 needs --certfile"

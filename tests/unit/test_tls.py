@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from hardserve import tls
-from hardserve.settings import Config, SettingError, load
+from hardserve.master import listeners
+from hardserve.settings import Config, SettingError, is_public_bind, load
 
 
 def _pair(directory: Path, password: bytes | None = None) -> tuple[Path, Path]:
@@ -141,6 +142,7 @@ def test_bad_ciphers_and_ca_file_are_named(tmp_path: Path) -> None:
             },
             "--proxy-protocol on cannot be combined with TLS",
         ),
+        ({"bind": ("tls://127.0.0.1:8443",)}, "--bind tls://127.0.0.1:8443 needs --certfile"),
         ({"tls_min_version": "TLSv1.1"}, "--tls-min-version must be one of TLSv1.2, TLSv1.3"),
     ],
 )
@@ -184,3 +186,27 @@ def test_environ_keys() -> None:
         "SSL_CLIENT_I_DN": "CN=CA",
         "SSL_CLIENT_M_SERIAL": "0A1B",
     }
+
+
+@pytest.mark.parametrize(
+    ("spec", "parsed"),
+    [
+        ("tls://127.0.0.1:8443", ("inet", ("127.0.0.1", 8443))),
+        ("tls://[::1]:8443", ("inet6", ("::1", 8443))),
+        ("tls://:8443", ("inet", ("0.0.0.0", 8443))),
+    ],
+)
+def test_tls_binds_parse_as_their_address(spec: str, parsed: tuple[str, object]) -> None:
+    assert listeners.is_tls_bind(spec)
+    assert listeners.parse_bind(spec) == parsed
+
+
+@pytest.mark.parametrize("spec", ["tls://", "tls://unix:/run/a.sock", "tls://fd://3"])
+def test_tls_binds_take_tcp_addresses_only(spec: str) -> None:
+    with pytest.raises(listeners.BindError, match="tls:// takes HOST:PORT"):
+        listeners.parse_bind(spec)
+
+
+def test_a_public_tls_bind_is_public() -> None:
+    assert is_public_bind("tls://0.0.0.0:8443")
+    assert not is_public_bind("tls://127.0.0.1:8443")

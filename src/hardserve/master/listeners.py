@@ -33,8 +33,22 @@ class BindError(ValueError):
     """A bind spec is malformed or cannot be bound."""
 
 
+TLS_PREFIX = "tls://"
+
+
+def is_tls_bind(spec: str) -> bool:
+    """tls://HOST:PORT or tls://[IPv6]:PORT: a TCP listener that speaks TLS (docs/tls.md)."""
+    return spec.startswith(TLS_PREFIX)
+
+
 def parse_bind(spec: str) -> tuple[str, tuple[str, int] | str | int]:
-    """('unix', path) | ('fd', n) | ('inet6', (host, port)) | ('inet', (host, port))."""
+    """('unix', path) | ('fd', n) | ('inet6', (host, port)) | ('inet', (host, port)).
+    tls://HOST:PORT and tls://[IPv6]:PORT read as the address after the prefix."""
+    if is_tls_bind(spec):
+        rest = spec[len(TLS_PREFIX) :]
+        if rest.startswith(("unix:", "fd://", TLS_PREFIX)) or not rest:
+            raise BindError(f"{spec!r}: tls:// takes HOST:PORT or [IPv6]:PORT")
+        return parse_bind(rest)
     if spec.startswith("unix:"):
         path = spec[5:]
         if not path:
@@ -192,7 +206,20 @@ def open_listeners(config: Config, env: Mapping[str, str] | None = None) -> list
         for _, sock in activated:
             sock.close()
         raise
+    # Which of them are tls:// binds: their descriptors, which the forked workers share.
+    _tls_fds.clear()
+    pairs = zip(specs, bound, strict=True)
+    _tls_fds.update(sock.fileno() for spec, sock in pairs if is_tls_bind(spec))
     return [sock for _, sock in activated] + bound
+
+
+# The descriptors of the listeners opened from tls:// binds by the last open_listeners().
+_tls_fds: set[int] = set()
+
+
+def tls_listener_fds() -> frozenset[int]:
+    """The descriptors open_listeners() opened from tls:// binds."""
+    return frozenset(_tls_fds)
 
 
 def _fd_of(spec: str) -> int:

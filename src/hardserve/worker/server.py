@@ -53,8 +53,8 @@ class Acceptor:
         self._factory = factory
         self._sockets = sockets
         self._backlog = backlog
-        # With TLS configured every TCP listener speaks it; unix sockets stay plain (a local
-        # proxy in front, docs/tls.md).
+        # With TLS configured the tls:// listeners speak it, or every TCP listener when no
+        # bind says tls://; unix sockets stay plain (a local proxy in front, docs/tls.md).
         self._tls = context
         self._tls_handshake_timeout_s = tls_handshake_timeout_s
         self.servers: list[asyncio.AbstractServer] = []
@@ -70,7 +70,7 @@ class Acceptor:
             if sock.family == socket.AF_UNIX:
                 servers.append(await self._loop.create_unix_server(self._factory, **kwargs))
             else:
-                if self._tls is not None:
+                if self._tls is not None and tls.serves_tls(sock):
                     kwargs["ssl"] = self._tls
                     # 0 leaves the loop's own deadline (60 s): both loops refuse 0.
                     kwargs["ssl_handshake_timeout"] = self._tls_handshake_timeout_s or None
