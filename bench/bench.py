@@ -64,7 +64,7 @@ def server_argv(server: str, app: str, port: int | str) -> list[str]:
     if server == "hardserve":
         argv = ["hardserve", spec, "--bind", bind, "--threads", str(THREADS)]
         # hardserve refuses to run as root unless told to; the peers do not ask.
-        return argv + ["--allow-root"] if os.geteuid() == 0 else argv
+        return [*argv, "--allow-root"] if os.geteuid() == 0 else argv
     if server == "gunicorn":
         return ["gunicorn", "-w", "1", "-k", "gthread", "--threads", str(THREADS), spec, "-b", bind]
     if server == "waitress":
