@@ -219,7 +219,7 @@ class ServerProcess:
         return f"http://{self.host}:{self.port}"
 
 
-_LISTENING_RE = re.compile(r"listening at http://(?P<host>[^\s]+):(?P<port>\d+)")
+_LISTENING_RE = re.compile(r"listening at https?://(?P<host>[^\s]+):(?P<port>\d+)")
 
 
 @contextlib.contextmanager

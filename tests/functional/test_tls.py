@@ -9,6 +9,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -604,15 +605,16 @@ def test_with_a_tls_bind_only_tls_binds_speak_tls(pki: Pki, clean_server_env: No
     with serve_process(HELLO, *args, *binds, cwd=str(ROOT)) as server:
         _wait_for_line(server, "binds: ")
 
-        def ports() -> list[int]:
-            return [
-                int(line.rsplit(":", 1)[1])
+        def ports() -> list[tuple[str, int]]:
+            found = (
+                re.search(r"listening at (https?)://127\.0\.0\.1:(\d+)", line)
                 for line in list(server.stderr_lines)
-                if "listening at http://127.0.0.1:" in line
-            ]
+            )
+            return [(match[1], int(match[2])) for match in found if match]
 
         assert wait_until(lambda: len(ports()) == 2), server.stderr_lines
-        tls_port, plain_port = ports()
+        (tls_scheme, tls_port), (plain_scheme, plain_port) = ports()
+        assert (tls_scheme, plain_scheme) == ("https", "http")
         binds_line = next(line for line in server.stderr_lines if "binds: " in line)
         assert f"https://127.0.0.1:{tls_port}, http://127.0.0.1:{plain_port}" in binds_line
         with (

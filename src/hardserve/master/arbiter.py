@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from hardserve import tls
 from hardserve.master import policy
 from hardserve.master.listeners import describe
 from hardserve.worker.heartbeat import BEAT, READY, RETIRING, STUCK
@@ -173,8 +174,12 @@ class Arbiter:
                 if self.startup_lines is not None:
                     for line in self.startup_lines():
                         _log.info("%s", line)
+                tls_on = tls.enabled(self.config)
                 for sock in self.sockets:
-                    _log.info("listening at %s", describe(sock))
+                    address = describe(sock)
+                    if tls_on and tls.serves_tls(sock):
+                        address = "https://" + address.removeprefix("http://")
+                    _log.info("listening at %s", address)
             elif isinstance(action, policy.ReloadConfig):
                 self._reload()
             elif isinstance(action, policy.ReopenLogs):
