@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.functional.test_connection import echo_path
 from tests.helpers import (
     TIMEOUT_S,
     both_loops,  # noqa: F401 - a fixture
@@ -22,12 +23,6 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.usefixtures("both_loops")
-
-
-def echo_path(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    body = environ["wsgi.input"].read()
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [environ["PATH_INFO"].encode("latin-1") + b"|" + body]
 
 
 class AccessLines(logging.Handler):
