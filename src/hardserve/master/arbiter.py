@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 from hardserve import tls
 from hardserve.master import policy
 from hardserve.master.listeners import describe
-from hardserve.worker.heartbeat import BEAT, READY, RETIRING, STUCK
+from hardserve.observe.stats import MESSAGE_TAG, Aggregate, Snapshot
+from hardserve.worker.heartbeat import BEAT, READY, RETIRING, STUCK, channel
 
 if TYPE_CHECKING:
     from hardserve.master.systemd import Notifier
@@ -46,6 +47,10 @@ HANDLED_SIGNALS = (
 )
 # The loop turns at least this often, for deadlines (heartbeat timeouts, stop deadline).
 _TICK_S = 0.1
+# One message on a worker's channel is at most this large (a stats snapshot is a few KiB), and
+# at most this many are read from one worker per turn, so one chatty worker cannot hold the loop.
+_MESSAGE_MAX = 1 << 20
+_MESSAGES_PER_TURN = 64
 
 # What a worker process runs: given its heartbeat pipe's write end and the configuration in
 # force (re-read on HUP), returns its exit status.
@@ -78,7 +83,9 @@ class Arbiter:
             watchdog_interval_s=notifier.watchdog_interval_s if notifier is not None else None,
         )
         self._signals: collections.deque[int] = collections.deque()
-        self._pipes: dict[int, int] = {}  # heartbeat read end -> worker pid
+        self._pipes: dict[int, int] = {}  # master's end of a worker's channel -> worker pid
+        # Every worker's last stats snapshot, and the counters of those that are gone.
+        self.stats = Aggregate()
         self._wake_r = -1
         self._wake_w = -1
 
@@ -120,13 +127,21 @@ class Arbiter:
 
     def _read_pipe(self, fd: int) -> list[policy.Event]:
         pid = self._pipes[fd]
-        try:
-            data = os.read(fd, 4096)
-        except BlockingIOError:
-            return []
-        if not data:
-            self._close_pipe(fd)  # the worker is gone; waitpid tells how
-            return []
+        data = bytearray()
+        for _ in range(_MESSAGES_PER_TURN):
+            try:
+                message = os.read(fd, _MESSAGE_MAX)
+            except BlockingIOError:
+                break
+            except OSError:
+                message = b""
+            if not message:
+                self._close_pipe(fd)  # the worker is gone; waitpid tells how
+                break
+            if message.startswith(MESSAGE_TAG):
+                self._take_snapshot(pid, message)
+            else:
+                data += message
         events: list[policy.Event] = []
         if READY in data:
             events.append(policy.Ready(pid))
@@ -138,6 +153,14 @@ class Arbiter:
             events.append(policy.Stuck(pid))
         return events
 
+    def _take_snapshot(self, pid: int, message: bytes) -> None:
+        try:
+            snapshot = Snapshot.decode(message)
+        except (ValueError, TypeError) as exc:  # a worker's bug must not stop the master
+            _log.warning("worker %d sent a stats snapshot that cannot be read: %s", pid, exc)
+            return
+        self.stats.update(pid, snapshot)
+
     def _reap(self) -> list[policy.Event]:
         events: list[policy.Event] = []
         while True:
@@ -147,13 +170,16 @@ class Arbiter:
                 break
             if pid == 0:
                 break
+            for fd, owner in list(self._pipes.items()):
+                if owner == pid:
+                    # Its last messages (the final stats snapshot) may still be unread.
+                    events.extend(self._read_pipe(fd))
+                    self._close_pipe(fd)
+            self.stats.worker_gone(pid)
             if os.WIFSIGNALED(status):
                 events.append(policy.Exited(pid, None, os.WTERMSIG(status)))
             else:
                 events.append(policy.Exited(pid, os.waitstatus_to_exitcode(status)))
-            for fd, owner in list(self._pipes.items()):
-                if owner == pid:
-                    self._close_pipe(fd)
         return events
 
     # -- actions -----------------------------------------------------------------------------
@@ -191,7 +217,7 @@ class Arbiter:
         return None
 
     def _spawn(self, generation: int) -> None:
-        read_end, write_end = os.pipe()
+        read_end, write_end = channel()
         # Signals wait until the child has dropped the master's handlers: one sent to it
         # earlier would run the master's handler in the child and be lost there (a TERM
         # right after the fork left a worker serving until the stop deadline's KILL).

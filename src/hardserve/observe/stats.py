@@ -1,0 +1,268 @@
+"""What a worker counts, how it reports it to the master, and how the master adds it up.
+
+A worker keeps plain Python numbers (`WorkerStats`), changed only on its event loop thread: an
+increment costs what `x += 1` costs, with no lock, no file and no prometheus-client object on
+the hot path. About once a second, with its heartbeat, the worker sends a `Snapshot` of them
+to the master (JSON, one message on the heartbeat channel), and once more when it stops.
+
+The master keeps the last snapshot of every live worker and, when a worker exits, folds that
+worker's counters into `retired`: a counter summed over all workers therefore never goes
+backwards when a worker dies or is replaced, and a dead worker's gauges vanish with it. A
+worker killed without warning loses at most what it counted since its last snapshot.
+
+observe/metrics.py turns the master's `Aggregate` into Prometheus text; nothing here imports
+prometheus_client.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+# Request durations, seconds (Prometheus base unit), upper bounds; +Inf is implied.
+DURATION_BUCKETS_S: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+# Time a request waited for a pool thread, seconds.
+QUEUE_WAIT_BUCKETS_S: tuple[float, ...] = (
+    0.0001,
+    0.0005,
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+)
+HISTOGRAM_BUCKETS: dict[str, tuple[float, ...]] = {
+    "request_duration": DURATION_BUCKETS_S,
+    "queue_wait": QUEUE_WAIT_BUCKETS_S,
+}
+
+# Label values stay bounded: a method outside this set is counted as "other", a status by its
+# class. Never a path, a client address or any other client-chosen text.
+KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"))
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# Label key separator inside a snapshot ("GET|2xx"); never in a label value.
+SEP = "|"
+
+# Timeouts by kind (the `kind` label of hardserve_timeouts_total).
+TIMEOUT_KINDS = ("head", "body", "write", "keepalive", "request", "queue")
+# The refusals that are also timeouts, by reason code (http/reasons.py).
+TIMEOUT_KIND_OF_REASON: dict[str, str] = {
+    "head_timeout": "head",
+    "body_timeout": "body",
+    "body_too_slow": "body",
+    "send_timeout": "write",
+    "send_too_slow": "write",
+    "queue_timeout": "queue",
+}
+# The refusals that are load shedding (503 + Retry-After), by reason code.
+SHED_REASONS = frozenset(("pool_saturated", "queue_timeout", "client_in_flight"))
+
+MESSAGE_TAG = b"T"  # heartbeat-channel message: a snapshot follows (worker/heartbeat.py)
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
+def status_class(status: int) -> str:
+    """'2xx' and so on; 'none' when no response status was sent (the connection was cut)."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else "none"
+
+
+class Histogram:
+    """Per-bucket counts (not cumulative; the last one is +Inf) and the sum of observations."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bound's bucket (le = "<=").
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def as_list(self) -> list[float]:
+        return [*self.counts, self.total]
+
+
+class WorkerStats:
+    """A worker's numbers. Changed only on the worker's event loop thread."""
+
+    __slots__ = (
+        "bytes_received",
+        "bytes_sent",
+        "connections_accepted",
+        "keepalive_reused",
+        "queue_wait",
+        "refusals",
+        "request_duration",
+        "requests",
+        "shed",
+        "timeouts",
+    )
+
+    def __init__(self) -> None:
+        self.connections_accepted = 0
+        self.keepalive_reused = 0  # requests on a connection that had served one before
+        self.requests = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.refusals: dict[str, int] = {}
+        self.timeouts: dict[str, int] = {}
+        self.shed: dict[str, int] = {}
+        self.request_duration: dict[str, Histogram] = {}  # "METHOD|2xx" -> histogram
+        self.queue_wait = Histogram(QUEUE_WAIT_BUCKETS_S)
+
+    def refused(self, code: str) -> None:
+        """One refusal (an http/reasons.py code): counted, and as a timeout or load shedding
+        where it is one."""
+        self.refusals[code] = self.refusals.get(code, 0) + 1
+        kind = TIMEOUT_KIND_OF_REASON.get(code)
+        if kind is not None:
+            self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
+        if code in SHED_REASONS:
+            self.shed[code] = self.shed.get(code, 0) + 1
+
+    def timed_out(self, kind: str) -> None:
+        """A timeout that is not a refusal (an idle keep-alive connection closed, a request
+        reported overdue)."""
+        self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
+
+    def request_done(self, method: str, status: int, duration_s: float) -> None:
+        self.requests += 1
+        key = method_label(method) + SEP + status_class(status)
+        histogram = self.request_duration.get(key)
+        if histogram is None:
+            histogram = self.request_duration[key] = Histogram(DURATION_BUCKETS_S)
+        histogram.observe(duration_s)
+
+    def snapshot(self, gauges: Mapping[str, float]) -> Snapshot:
+        return Snapshot(
+            counters={
+                "connections_accepted": {"": self.connections_accepted},
+                "keepalive_reused": {"": self.keepalive_reused},
+                "requests": {"": self.requests},
+                "bytes_received": {"": self.bytes_received},
+                "bytes_sent": {"": self.bytes_sent},
+                "refusals": dict(self.refusals),
+                "timeouts": dict(self.timeouts),
+                "shed": dict(self.shed),
+            },
+            histograms={
+                "request_duration": {k: h.as_list() for k, h in self.request_duration.items()},
+                "queue_wait": {"": self.queue_wait.as_list()},
+            },
+            gauges=dict(gauges),
+        )
+
+
+@dataclass
+class Snapshot:
+    """counters and histograms: metric -> label key -> value; a histogram's value is its
+    per-bucket counts followed by its sum. gauges: metric -> value (this worker's own)."""
+
+    counters: dict[str, dict[str, float]] = field(default_factory=dict)
+    histograms: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    gauges: dict[str, float] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        document = {"c": self.counters, "h": self.histograms, "g": self.gauges}
+        return MESSAGE_TAG + json.dumps(document, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, message: bytes) -> Snapshot:
+        """The snapshot in a heartbeat-channel message; ValueError if it is not one."""
+        if not message.startswith(MESSAGE_TAG):
+            raise ValueError("not a snapshot message")
+        document = json.loads(message[len(MESSAGE_TAG) :])
+        if not isinstance(document, dict):
+            raise ValueError("snapshot is not an object")
+        return cls(
+            counters=_number_table(document.get("c", {})),
+            histograms=_histogram_table(document.get("h", {})),
+            gauges={str(k): float(v) for k, v in dict(document.get("g", {})).items()},
+        )
+
+    def add(self, other: Snapshot) -> None:
+        """Add other's counters and histograms into this one (gauges are not added)."""
+        for name, values in other.counters.items():
+            mine = self.counters.setdefault(name, {})
+            for key, value in values.items():
+                mine[key] = mine.get(key, 0) + value
+        for name, series in other.histograms.items():
+            mine_h = self.histograms.setdefault(name, {})
+            for key, buckets in series.items():
+                current = mine_h.get(key)
+                if current is None or len(current) != len(buckets):
+                    mine_h[key] = list(buckets)
+                else:
+                    mine_h[key] = [a + b for a, b in zip(current, buckets, strict=True)]
+
+
+def _number_table(raw: object) -> dict[str, dict[str, float]]:
+    if not isinstance(raw, dict):
+        raise ValueError("counters are not an object")
+    return {str(n): {str(k): float(v) for k, v in dict(vs).items()} for n, vs in raw.items()}
+
+
+def _histogram_table(raw: object) -> dict[str, dict[str, list[float]]]:
+    if not isinstance(raw, dict):
+        raise ValueError("histograms are not an object")
+    return {
+        str(n): {str(k): [float(x) for x in v] for k, v in dict(vs).items()}
+        for n, vs in raw.items()
+    }
+
+
+@dataclass
+class Aggregate:
+    """The master's view: the last snapshot of each live worker (by pid) and the counters of
+    the workers that are gone."""
+
+    live: dict[int, Snapshot] = field(default_factory=dict)
+    retired: Snapshot = field(default_factory=Snapshot)
+
+    def update(self, pid: int, snapshot: Snapshot) -> None:
+        self.live[pid] = snapshot
+
+    def worker_gone(self, pid: int) -> None:
+        """Fold the worker's last counters into `retired`; its gauges go with it."""
+        last = self.live.pop(pid, None)
+        if last is not None:
+            self.retired.add(last)
+
+    def totals(self) -> Snapshot:
+        """Counters and histograms over every worker that ever reported, live or gone."""
+        total = Snapshot()
+        total.add(self.retired)
+        for snapshot in self.live.values():
+            total.add(snapshot)
+        return total
+
+    def gauges(self) -> Iterable[tuple[int, dict[str, float]]]:
+        """(pid, gauges) of each live worker."""
+        return ((pid, snapshot.gauges) for pid, snapshot in sorted(self.live.items()))
