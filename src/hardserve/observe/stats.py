@@ -78,6 +78,15 @@ TIMEOUT_KIND_OF_REASON: dict[str, str] = {
 # The refusals that are load shedding (503 + Retry-After), by reason code.
 SHED_REASONS = frozenset(("pool_saturated", "queue_timeout", "client_in_flight"))
 
+# The gauges a worker reports in each snapshot, read when the snapshot is taken.
+GAUGES = (
+    "connections_open",  # connections this worker holds, idle ones included
+    "requests_in_flight",  # requests admitted to the pool and not finished (queued + running)
+    "pool_threads",  # the pool's size (--threads)
+    "pool_busy",  # pool threads running a request
+    "pool_queued",  # requests waiting for a pool thread
+)
+
 MESSAGE_TAG = b"T"  # heartbeat-channel message: a snapshot follows (worker/heartbeat.py)
 
 
