@@ -79,3 +79,26 @@ def sleep(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     time.sleep(0.01)
     _plain(start_response, _SLEPT)
     return [_SLEPT]
+
+
+# The under-attack case: hello on every path but /big, which slow readers ask for: `?mib=N`
+# MiB (1 to 64, 16 by default), sent as 64 KiB pieces of one shared object so the app holds no
+# copy per request. 16 MiB is more than the kernel's socket buffers hold (tcp_wmem's default
+# maximum is 4 MiB), so the server itself must wait on the reader.
+
+
+def attack(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    if environ.get("PATH_INFO") == "/big":
+        query = environ.get("QUERY_STRING", "")
+        mib = int(query[4:]) if query.startswith("mib=") and query[4:].isdigit() else 16
+        pieces = min(max(mib, 1), 64) * 16
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "application/octet-stream"),
+                ("Content-Length", str(len(_PIECE) * pieces)),
+            ],
+        )
+        return (_PIECE for _ in range(pieces))
+    _plain(start_response, _HELLO)
+    return [_HELLO]

@@ -39,8 +39,8 @@ OUT = BENCH / "out"
 # The servers are the console scripts of the interpreter running this driver (bench/.venv).
 BIN = Path(sys.executable).parent
 
-SERVERS = ("hardserve", "gunicorn", "waitress")
-PEERS = ("gunicorn", "waitress")
+SERVERS = ("hardserve", "gunicorn", "waitress", "granian")
+PEERS = ("gunicorn", "waitress", "granian")
 APPS = ("hello", "json", "echo", "big", "stream", "sleep")
 MODES = ("keep-alive", "close")
 SERVER_CORE = "0"
@@ -57,19 +57,38 @@ _LOG_WARNING = re.compile(r"\bWARNING\b")
 # -- the servers ---------------------------------------------------------------------------
 
 
-def server_argv(server: str, app: str, port: int | str) -> list[str]:
-    """The server's command line, as documented in RESULTS.md (without the core pinning)."""
+def server_argv(
+    server: str, app: str, port: int | str, extra: tuple[str, ...] = (), workers: int = 1
+) -> list[str]:
+    """The server's command line, as documented in RESULTS.md (without the core pinning).
+
+    `extra` is appended (the scenarios raise connection limits and timeouts with it);
+    `workers` is the number of worker processes, for the servers that have them.
+    """
     spec = f"bench.apps:{app}"
     bind = f"127.0.0.1:{port}"
     if server == "hardserve":
         argv = ["hardserve", spec, "--bind", bind, "--threads", str(THREADS)]
+        if workers != 1:
+            argv += ["--workers", str(workers)]
         # hardserve refuses to run as root unless told to; the peers do not ask.
-        return [*argv, "--allow-root"] if os.geteuid() == 0 else argv
-    if server == "gunicorn":
-        return ["gunicorn", "-w", "1", "-k", "gthread", "--threads", str(THREADS), spec, "-b", bind]
-    if server == "waitress":
-        return ["waitress-serve", f"--threads={THREADS}", f"--listen={bind}", spec]
-    raise ValueError(server)
+        argv += ["--allow-root"] if os.geteuid() == 0 else []
+    elif server == "gunicorn":
+        argv = ["gunicorn", "-w", str(workers), "-k", "gthread", "--threads", str(THREADS)]
+        argv += [spec, "-b", bind]
+    elif server == "gunicorn-sync":
+        argv = ["gunicorn", "-w", str(workers), "-k", "sync", spec, "-b", bind]
+    elif server == "waitress":
+        # waitress-serve takes its options before the app only.
+        return ["waitress-serve", f"--threads={THREADS}", f"--listen={bind}", *extra, spec]
+    elif server == "granian":
+        host, _, port_text = bind.rpartition(":")
+        argv = ["granian", "--interface", "wsgi", "--http", "1", "--no-ws"]
+        argv += ["--workers", str(workers), "--blocking-threads", str(THREADS)]
+        argv += ["--host", host, "--port", port_text, spec]
+    else:
+        raise ValueError(server)
+    return [*argv, *extra]
 
 
 def wrk_argv(mode: str, app: str, duration_s: int, url: str) -> list[str]:
@@ -89,19 +108,32 @@ def free_port() -> int:
 
 
 class Server:
-    """One server process, pinned to the server core, its stderr in a log file."""
+    """One server process, pinned to the server core, its stderr in a log file.
 
-    def __init__(self, server: str, app: str, log_path: Path, env: dict[str, str]) -> None:
+    `cores` is the taskset core list, or None for no pinning (the two-worker scenario).
+    """
+
+    def __init__(
+        self,
+        server: str,
+        app: str,
+        log_path: Path,
+        env: dict[str, str],
+        extra: tuple[str, ...] = (),
+        workers: int = 1,
+        cores: str | None = SERVER_CORE,
+    ) -> None:
         self.name = server
         self.app = app
         self.port = free_port()
         self.log_path = log_path
-        argv = server_argv(server, app, self.port)
+        argv = server_argv(server, app, self.port, extra, workers)
         argv[0] = str(BIN / argv[0])
+        pinning = ["taskset", "-c", cores] if cores is not None else []
         with log_path.open("wb") as log:
-            # Run from the project root so `bench.apps` imports in all three servers.
+            # Run from the project root so `bench.apps` imports in every server.
             self.process = subprocess.Popen(
-                ["taskset", "-c", SERVER_CORE, *argv],
+                [*pinning, *argv],
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -127,6 +159,10 @@ class Server:
 
     def cpu_ticks(self) -> int:
         return tree_cpu_ticks(self.process.pid)
+
+    def worker_memory(self) -> dict[str, int]:
+        """Resident memory of the worker processes (KiB): summed, and the largest of each."""
+        return worker_memory(self.process.pid)
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after 15 s; the exit status (None if it had to be killed)."""
@@ -178,6 +214,56 @@ def tree_cpu_ticks(root: int) -> int:
         total += sum(int(fields[n - 3]) for n in (14, 15, 16, 17))
         todo.extend(children.get(pid, ()))
     return total
+
+
+def process_tree(root: int) -> dict[int, list[int]]:
+    """Children of each process under root (root included), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    tree: dict[int, list[int]] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        tree[pid] = children.get(pid, [])
+        todo.extend(tree[pid])
+    return tree
+
+
+def worker_pids(root: int) -> list[int]:
+    """The processes that serve: the leaves of the server's tree (a master has children).
+
+    hardserve, gunicorn and granian run a master with one child per worker; waitress is one
+    process, its own worker.
+    """
+    tree = process_tree(root)
+    return [pid for pid, kids in tree.items() if not kids] or [root]
+
+
+def _status_kib(pid: int, field_name: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def worker_memory(root: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS since the process started) of the workers, in KiB."""
+    pids = worker_pids(root)
+    rss = [_status_kib(pid, "VmRSS") for pid in pids]
+    hwm = [_status_kib(pid, "VmHWM") for pid in pids]
+    return {
+        "workers": len(pids),
+        "rss_kib": sum(rss),
+        "rss_max_kib": max(rss, default=0),
+        "hwm_max_kib": max(hwm, default=0),
+    }
 
 
 def core_ticks() -> dict[str, tuple[int, int, int]]:
@@ -243,6 +329,10 @@ class Run:
     latency_p50_ms: float
     latency_p99_ms: float
     wrk_command: list[str] = field(default_factory=list)
+    # The workers' memory after the load: VmHWM is the peak since the process started (the
+    # warm-up and earlier loads of the same process included), in KiB.
+    worker_rss_kib: int = 0
+    worker_hwm_kib: int = 0
 
     @property
     def rps(self) -> float:
@@ -253,12 +343,11 @@ class Run:
         return self.cpu_s * 1e6 / self.ok_requests if self.ok_requests else float("nan")
 
 
-def run_wrk(argv: list[str]) -> tuple[dict[str, int], float]:
-    """Runs wrk on the client core; its JSON summary and the CPU seconds it used."""
+def run_wrk(argv: list[str], cores: str | None = CLIENT_CORE) -> tuple[dict[str, int], float]:
+    """Runs wrk on the client core (None: anywhere); its JSON summary and its CPU seconds."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    completed = subprocess.run(
-        ["taskset", "-c", CLIENT_CORE, *argv], capture_output=True, text=True, check=False
-    )
+    pinning = ["taskset", "-c", cores] if cores is not None else []
+    completed = subprocess.run([*pinning, *argv], capture_output=True, text=True, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next((ln for ln in completed.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if completed.returncode != 0 or line is None:
@@ -299,6 +388,7 @@ def measure(
     summary, client_cpu = run_wrk(argv)
     after = server.cpu_ticks()
     cores_after = core_ticks()
+    memory = server.worker_memory()
     busy0, total0, steal0 = cores_before[SERVER_CORE]
     busy1, total1, steal1 = cores_after[SERVER_CORE]
     core_total = max(total1 - total0, 1)
@@ -323,6 +413,8 @@ def measure(
         latency_p50_ms=summary["latency_p50_us"] / 1000,
         latency_p99_ms=summary["latency_p99_us"] / 1000,
         wrk_command=["taskset", "-c", CLIENT_CORE, *argv],
+        worker_rss_kib=memory["rss_max_kib"],
+        worker_hwm_kib=memory["hwm_max_kib"],
     )
 
 
@@ -377,6 +469,11 @@ class Options:
     quick: bool
     settle: bool
     report: bool
+    # "matrix" (the apps x servers x modes above) and the names of bench/scenarios.py.
+    scenarios: tuple[str, ...] = ()
+
+
+SCENARIO_NAMES = ("matrix", "concurrency", "workers", "memory", "attack")
 
 
 def run_matrix(
@@ -483,6 +580,7 @@ def environment() -> dict[str, Any]:
             "hardserve": _version("hardserve"),
             "gunicorn": _version("gunicorn"),
             "waitress": _version("waitress"),
+            "granian": _version("granian"),
             "h11": _version("h11"),
             "uvloop": _version("uvloop"),
             "wrk": wrk_version,
@@ -516,10 +614,18 @@ def parse_args(argv: list[str] | None) -> Options:
         help="write only the raw JSON, leave RESULTS.md and results.png as they are",
     )
     parser.add_argument("--skip-handoff", action="store_true", help="skip the hand-off benchmark")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIO_NAMES),
+        help="comma-separated: matrix (apps x servers x modes), concurrency (1,024 connections), "
+        "workers (2 workers, 2 cores), memory (idle connections), attack (slowloris and slow "
+        "readers); all by default",
+    )
     args = parser.parse_args(argv)
     apps = tuple(a for a in args.apps.split(",") if a)
     servers = tuple(s for s in args.servers.split(",") if s)
-    for name, allowed in ((apps, APPS), (servers, SERVERS)):
+    scenarios = tuple(s for s in args.scenarios.split(",") if s)
+    for name, allowed in ((apps, APPS), (servers, SERVERS), (scenarios, SCENARIO_NAMES)):
         unknown = set(name) - set(allowed)
         if unknown:
             parser.error(f"unknown: {', '.join(sorted(unknown))} (choose from {allowed})")
@@ -534,6 +640,7 @@ def parse_args(argv: list[str] | None) -> Options:
         quick=args.quick,
         settle=not args.no_settle,
         report=not args.no_report,
+        scenarios=scenarios,
     )
 
 
@@ -547,7 +654,24 @@ def main(argv: list[str] | None = None) -> int:
     # PYTHONPATH comes before the editable install's path entry in sys.path.
     hardserve_env = dict(os.environ) | {"PYTHONPATH": str(snapshot)}
     started = time.monotonic()
-    runs, processes = run_matrix(options, stamp, hardserve_env)
+    runs: list[Run] = []
+    processes: list[dict[str, Any]] = []
+    if "matrix" in options.scenarios:
+        runs, processes = run_matrix(options, stamp, hardserve_env)
+    from bench.scenarios import Context, run_scenarios
+
+    context = Context(
+        rounds=options.rounds,
+        duration_s=options.duration_s,
+        warmup_s=options.warmup_s,
+        servers=options.servers,
+        logs_dir=OUT / f"logs-{stamp}",
+        hardserve_env=hardserve_env,
+        settling=options.settle,
+        quick=options.quick,
+    )
+    context.logs_dir.mkdir(parents=True, exist_ok=True)
+    scenarios = run_scenarios(context, options.scenarios)
     handoff = None if options.skip_handoff else run_handoff(options.quick, hardserve_env)
     env["elapsed_s"] = round(time.monotonic() - started)
     env["hardserve_snapshot"] = str(snapshot.relative_to(ROOT))
@@ -568,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
             for run in runs
         ],
         "processes": processes,
+        "scenarios": scenarios,
         "handoff": handoff,
     }
     raw_path = OUT / f"results-{stamp}.json"

@@ -13,14 +13,24 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.goals import goals_table, scenario_sections, write_goals_chart
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS_MD = BENCH / "RESULTS.md"
 RESULTS_PNG = BENCH / "results.png"
 
-SERVERS = ("hardserve", "gunicorn", "waitress")
-PEERS = ("gunicorn", "waitress")
-COLOURS = {"hardserve": "#1f77b4", "gunicorn": "#2ca02c", "waitress": "#d62728"}
+SERVERS = ("hardserve", "gunicorn", "waitress", "granian")
+PEERS = ("gunicorn", "waitress", "granian")
+COLOURS = {
+    "hardserve": "#1f77b4",
+    "gunicorn": "#2ca02c",
+    "gunicorn-sync": "#98df8a",
+    "waitress": "#d62728",
+    "granian": "#9467bd",
+}
+RESULTS_GOALS_PNG = BENCH / "goals.png"
+IDLE_CONNECTIONS = 2000
 
 APP_NOTES = {
     "hello": "13-byte body, Content-Length",
@@ -61,6 +71,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[Case, dict[str, dict[str, Any]
                 "client_busy": statistics.median(client),
                 "foreign": statistics.median(foreign),
                 "p99_ms": statistics.median(r["latency_p99_ms"] for r in server_runs),
+                # Peak RSS of a worker over the process's life until the end of this load.
+                "hwm_kib": max(r.get("worker_hwm_kib", 0) for r in server_runs),
                 "requests": sum(r["requests"] for r in server_runs),
                 "errors": dict(errors),
                 "rounds": len(server_runs),
@@ -101,8 +113,9 @@ def case_table(case: Case, by_server: dict[str, dict[str, Any]]) -> list[str]:
         f"{APP_NOTES.get(app, '')}.",
         "",
         "| server | req/s | CPU µs/req | hardserve ÷ server, req/s | hardserve ÷ server, "
-        "CPU µs/req | core 0: server / others | wrk core | p99 latency | errors (all rounds) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "CPU µs/req | core 0: server / others | wrk core | p99 latency | peak RSS per worker "
+        "| errors (all rounds) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     own = by_server.get("hardserve")
     for server in SERVERS:
@@ -126,28 +139,57 @@ def case_table(case: Case, by_server: dict[str, dict[str, Any]]) -> list[str]:
             + f" | {rps_ratio} | {cpu_ratio} "
             f"| {figures['core_busy']:.0%} / {figures['foreign']:.0%} "
             f"| {figures['client_busy']:.0%} "
-            f"| {figures['p99_ms']:.1f} ms | {_error_text(figures['errors'])} |"
+            f"| {figures['p99_ms']:.1f} ms | {_mib(figures['hwm_kib'])} "
+            f"| {_error_text(figures['errors'])} |"
         )
     return [*lines, ""]
 
 
 def overview_table(summary: dict[Case, dict[str, dict[str, Any]]]) -> list[str]:
-    lines = [
-        "| case | CPU µs/req hardserve | gunicorn | waitress | hardserve ÷ gunicorn | "
-        "hardserve ÷ waitress | req/s hardserve | gunicorn | waitress | hardserve ÷ gunicorn "
-        "| hardserve ÷ waitress |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    lines: list[str] = []
+    nan = {"cpu_us": float("nan"), "rps": float("nan"), "hwm_kib": 0}
+    for key, title in (
+        ("cpu_us", "Server CPU µs per request (per connection in the close cases)"),
+        ("rps", "Requests per second"),
+    ):
+        lines += [
+            f"{title}:",
+            "",
+            "| case | "
+            + " | ".join(SERVERS)
+            + " | "
+            + " | ".join(f"hardserve ÷ {p}" for p in PEERS)
+            + " |",
+            "| --- |" + " ---: |" * (len(SERVERS) + len(PEERS)),
+        ]
+        for case in _ordered_cases(summary):
+            row = {s: summary[case].get(s, nan) for s in SERVERS}
+            cells = [f"{case[0]}, {case[1]}"]
+            cells += [_num(row[s][key]) for s in SERVERS]
+            cells += [_ratio(row["hardserve"][key], row[p][key]) for p in PEERS]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "Peak RSS per worker (VmHWM of the worker process at the end of the case's load, the "
+        "largest over the rounds; the process served only this app, warm-up included):",
+        "",
+        "| case | " + " | ".join(SERVERS) + " |",
+        "| --- |" + " ---: |" * len(SERVERS),
     ]
-    nan = {"cpu_us": float("nan"), "rps": float("nan")}
     for case in _ordered_cases(summary):
         row = {s: summary[case].get(s, nan) for s in SERVERS}
-        cpu = [_num(row[s]["cpu_us"]) for s in SERVERS]
-        rps = [_num(row[s]["rps"]) for s in SERVERS]
-        cpu_ratios = [_ratio(row["hardserve"]["cpu_us"], row[p]["cpu_us"]) for p in PEERS]
-        rps_ratios = [_ratio(row["hardserve"]["rps"], row[p]["rps"]) for p in PEERS]
-        cells = [f"{case[0]}, {case[1]}", *cpu, *cpu_ratios, *rps, *rps_ratios]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {case[0]}, {case[1]} | "
+            + " | ".join(_mib(row[s]["hwm_kib"]) for s in SERVERS)
+            + " |"
+        )
     return lines
+
+
+def _mib(kib: float) -> str:
+    if not kib or math.isnan(kib):
+        return "n/a"
+    return f"{kib / 1024:.1f} MiB"
 
 
 def handoff_section(handoff: dict[str, Any] | None) -> list[str]:
@@ -192,11 +234,39 @@ def handoff_section(handoff: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def logs_section(processes: list[dict[str, Any]]) -> list[str]:
+def logs_section(
+    processes: list[dict[str, Any]], scenarios: dict[str, list[dict[str, Any]]] | None = None
+) -> list[str]:
     lines = ["## Server processes", ""]
+    names = ("hardserve", "gunicorn", "gunicorn-sync", "waitress", "granian")
     totals: dict[str, dict[str, int]] = {
-        s: {"started": 0, "failed": 0, "died": 0, "errors": 0, "warnings": 0} for s in SERVERS
+        s: {"started": 0, "failed": 0, "died": 0, "errors": 0, "warnings": 0} for s in names
     }
+    processes = list(processes)
+    for records in (scenarios or {}).values():
+        for record in records:
+            processes.append(
+                {
+                    "server": record["server"],
+                    "app": record["scenario"],
+                    "round": record["round"],
+                    "failure": record["failure"],
+                }
+                | {k: record.get(k, 0) for k in ("error_lines", "warning_lines")}
+                | {"alive_after_load": record.get("alive_after_load")}
+                | {"first_errors": record.get("first_errors", []), "first_warnings": []}
+                if "failure" in record
+                else {
+                    "server": record["server"],
+                    "app": record["scenario"],
+                    "round": record["round"],
+                    "alive_after_load": record.get("alive_after_load"),
+                    "error_lines": record.get("error_lines", 0),
+                    "warning_lines": record.get("warning_lines", 0),
+                    "first_errors": record.get("first_errors", []),
+                    "first_warnings": [],
+                }
+            )
     examples: dict[str, list[str]] = defaultdict(list)
     warning_examples: dict[str, list[str]] = defaultdict(list)
     for p in processes:
@@ -212,19 +282,20 @@ def logs_section(processes: list[dict[str, Any]]) -> list[str]:
         ]
     lines += [
         "Each server's stderr is kept in `bench/out/logs-*/`; lines are counted over all its "
-        "processes of the run.",
+        "processes of the run, the scenarios' included (the attack makes hardserve log one "
+        "`hardserve.security` warning per refused or cut connection).",
         "",
         "| server | processes | failed to serve | died under load | error lines | warning lines |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for server in SERVERS:
+    for server in names:
         t = totals[server]
         if t["started"]:
             lines.append(
                 f"| {server} | {t['started']} | {t['failed']} | {t['died']} | {t['errors']} "
                 f"| {t['warnings']} |"
             )
-    for server in SERVERS:
+    for server in names:
         if examples[server]:
             lines += ["", f"First error lines of {server}:", "", "```"]
             lines += [line[:200] for line in examples[server][:8]]
@@ -290,11 +361,13 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
     env = raw["environment"]
     options = raw["options"]
     summary = summarise(raw["runs"])
-    write_chart(summary, RESULTS_PNG)
+    scenarios = raw.get("scenarios") or {}
+    if summary:
+        write_chart(summary, RESULTS_PNG)
+    write_goals_chart(summary, scenarios, RESULTS_GOALS_PNG)
     versions = env["versions"]
-    hello = summary.get(("hello", "keep-alive"), {})
     lines = [
-        "# Benchmark: hardserve, gunicorn and waitress",
+        "# Benchmark: hardserve, gunicorn, waitress and granian",
         "",
         f"- Date: {env['date']}; hardserve at commit `{env['hardserve_commit']}`"
         + (" with uncommitted changes in src/" if env.get("hardserve_src_dirty") else "")
@@ -311,7 +384,8 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         f"Python {env['python']}.",
         f"- Versions: hardserve {versions['hardserve']} (h11 {versions['h11']}, uvloop "
         f"{versions['uvloop']}), gunicorn {versions['gunicorn']}, waitress "
-        f"{versions['waitress']}, {versions['wrk']}.",
+        f"{versions['waitress']}, granian {versions.get('granian', 'not installed')}, "
+        f"{versions['wrk']}.",
         f"- Run: {options['rounds']} round(s); each case {options['warmup_s']} s of unmeasured "
         f"load, then {options['duration_s']} s measured; figures are the medians over the "
         "rounds, with the range in brackets.",
@@ -319,19 +393,19 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         f"`bench/.venv/bin/python -m bench.report {raw_path.relative_to(ROOT)}`.",
         "",
     ]
-    if hello.get("hardserve") and hello.get("waitress"):
-        own, waitress = hello["hardserve"], hello["waitress"]
-        verdict = "meets" if own["cpu_us"] <= waitress["cpu_us"] else "misses"
+    if options.get("quick"):
         lines += [
-            f"**Target** (hello, keep-alive: hardserve CPU per request at or below waitress's): "
-            f"hardserve {_num(own['cpu_us'])} µs/req, waitress {_num(waitress['cpu_us'])} "
-            f"µs/req, ratio {_ratio(own['cpu_us'], waitress['cpu_us'])}: hardserve **{verdict}** "
-            "it in this run.",
+            "**A quick run** (`--quick`: one round, short loads): the figures are indicative "
+            "only; `make bench` on a quiet machine gives the ones to quote.",
             "",
         ]
+    lines += goals_table(summary, scenarios)
     lines += [
         "Behaviour of hardserve seen while building this benchmark, with reproductions: "
-        "[NOTES.md](NOTES.md).",
+        "[NOTES.md](NOTES.md). Rerun everything with `make bench` (or `bench/run.sh`; "
+        "`bench/run.sh --quick` for one short round).",
+        "",
+        "![The goals of issue 7: hardserve and its peers](goals.png)",
         "",
         "![CPU µs per request and requests per second, per case](results.png)",
         "",
@@ -339,7 +413,8 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         "",
         "Every server runs one worker process with 8 app threads, pinned to core 0; wrk runs "
         "with one thread and 64 connections, pinned to core 1. Rounds are interleaved: in "
-        "each round every app is served by hardserve, then gunicorn, then waitress, each a "
+        "each round every app is served by hardserve, then gunicorn, then waitress, then "
+        "granian, each a "
         "fresh process started from the project root, which takes the keep-alive load and "
         "then the `Connection: close` load. A server is loaded once its port accepts and one "
         "request has been answered; before each load (warm-up or measured) the driver waits "
@@ -362,6 +437,14 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         "100 % the client is the limit.",
         "- **errors**: wrk's connect/read/write/timeout errors and responses with status "
         "400 or more (`non-2xx`), summed over all rounds.",
+        "- **peak RSS per worker**: VmHWM from `/proc/PID/status` of the worker process (the "
+        "leaf of the server's process tree: hardserve's, gunicorn's and granian's masters "
+        "are left out; waitress is one process) after the load, so the peak since the "
+        "process started; each app has a fresh process.",
+        "",
+        "granian runs its WSGI interface with 8 blocking threads, the same count as the "
+        "others' app threads, and HTTP/1 only. The scenarios of issue 7 (1,024 connections, "
+        "two workers, memory, attack) have their own sections and commands below.",
         "",
         "Commands (`PORT` is a free port picked per process, `APP` one of hello, json, echo, "
         "big, stream, sleep):",
@@ -377,22 +460,29 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         "# echo: -s bench/echo.lua (POST with a 4 KiB body) instead of bench/report.lua",
         "```",
         "",
-        "The tools are installed by `bench/run.sh`: wrk from Debian, gunicorn, waitress and "
-        "matplotlib from PyPI into `bench/.venv`, and hardserve editable from this checkout "
-        "into the same environment, so the three servers share one interpreter.",
+        "The tools are installed by `bench/run.sh`: wrk from Debian, gunicorn, waitress, "
+        "granian and matplotlib from PyPI into `bench/.venv` (versions pinned in "
+        "`bench/requirements.txt`), and hardserve editable from this checkout into the same "
+        "environment, so the servers share one interpreter.",
         "",
         "## Overview",
         "",
         "Ratios are hardserve's figure divided by the peer's: below 1 for CPU µs/req means "
-        "hardserve spends less CPU per request; above 1 for req/s means it serves more.",
+        "hardserve spends less CPU per request; above 1 for req/s means it serves more. "
+        "In the close cases every request is a new connection, so CPU µs/req there is the "
+        "cost of a whole connection (accept, request, response, close): the goal of issue 7 "
+        "is at most 100 µs for hello.",
         "",
     ]
     lines += overview_table(summary)
-    lines += ["", "## Per case", ""]
+    lines += scenario_sections(
+        scenarios, options["duration_s"], raw.get("idle_connections", IDLE_CONNECTIONS)
+    )
+    lines += ["## Per case", ""]
     for case in _ordered_cases(summary):
         lines += case_table(case, summary[case])
     lines += handoff_section(raw.get("handoff"))
-    lines += logs_section(raw["processes"])
+    lines += logs_section(raw["processes"], scenarios)
     RESULTS_MD.write_text("\n".join(lines).rstrip() + "\n" + _kept_sections())
 
 

@@ -29,7 +29,7 @@ command -v taskset >/dev/null 2>&1 || { echo "taskset (util-linux) is missing" >
 stamp="$venv/.installed"
 if [ ! -f "$stamp" ] || [ "$bench_dir/requirements.txt" -nt "$stamp" ] \
     || [ "$root/pyproject.toml" -nt "$stamp" ]; then
-  echo "installing gunicorn, waitress, matplotlib and hardserve into bench/.venv" >&2
+  echo "installing gunicorn, waitress, granian, matplotlib and hardserve into bench/.venv" >&2
   mkdir -p "$bench_dir/out"
   log="$bench_dir/out/install.log"
   # Quiet unless it fails: pip and the build backend print pages of notices.

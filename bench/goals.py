@@ -1,0 +1,579 @@
+"""The parts of bench/RESULTS.md and bench/goals.png about the goals of issue 7.
+
+bench/report.py calls these with the matrix's summary (report.summarise) and the raw records
+of bench/scenarios.py; the figures are medians over the rounds, like the matrix's.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Servers of the scenarios, in table order.
+ORDER = ("hardserve", "gunicorn", "gunicorn-sync", "waitress", "granian")
+LABELS = {"gunicorn": "gunicorn gthread", "gunicorn-sync": "gunicorn sync"}
+COLOURS = {
+    "hardserve": "#1f77b4",
+    "gunicorn": "#2ca02c",
+    "gunicorn-sync": "#98df8a",
+    "waitress": "#d62728",
+    "granian": "#9467bd",
+}
+NAN = float("nan")
+
+Scenarios = dict[str, list[dict[str, Any]]]
+Summary = dict[tuple[str, str], dict[str, dict[str, Any]]]
+
+
+def _median(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else NAN
+
+
+def _fmt(value: float, digits: int = 0, unit: str = "") -> str:
+    if math.isnan(value):
+        return "n/a"
+    text = f"{value:,.{digits}f}"
+    return f"{text} {unit}".rstrip()
+
+
+def _label(server: str) -> str:
+    return LABELS.get(server, server)
+
+
+def per_server(
+    records: list[dict[str, Any]], figure: Callable[[dict[str, Any]], float]
+) -> dict[str, float]:
+    """Median over the rounds of `figure` per server; rounds that failed do not count."""
+    grouped: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        if "failure" in record:
+            continue
+        try:
+            grouped[record["server"]].append(float(figure(record)))
+        except (KeyError, TypeError, ZeroDivisionError):
+            continue
+    return {server: _median(values) for server, values in grouped.items()}
+
+
+def _servers(figures: dict[str, float]) -> list[str]:
+    return [s for s in ORDER if s in figures]
+
+
+# -- the figures ---------------------------------------------------------------------------------
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else NAN
+
+
+def scenario_figures(scenarios: Scenarios) -> dict[str, dict[str, float]]:
+    conc = scenarios.get("concurrency", [])
+    mem = scenarios.get("memory", [])
+    att = scenarios.get("attack", [])
+    return {
+        "rps_64": per_server(conc, lambda r: r["low"]["rps"]),
+        "rps_1024": per_server(conc, lambda r: r["high"]["rps"]),
+        "ratio_1024": per_server(conc, lambda r: _div(r["high"]["rps"], r["low"]["rps"])),
+        "p50_1024": per_server(conc, lambda r: r["high"]["latency_p50_ms"]),
+        "p99_1024": per_server(conc, lambda r: r["high"]["latency_p99_ms"]),
+        "tail_1024": per_server(
+            conc, lambda r: _div(r["high"]["latency_p99_ms"], r["high"]["latency_p50_ms"])
+        ),
+        "errors_1024": per_server(conc, lambda r: sum(r["high"]["errors"].values())),
+        "rps_2w": per_server(scenarios.get("workers", []), lambda r: r["load"]["rps"]),
+        "idle_rss_mib": per_server(mem, lambda r: r["idle"]["rss_max_kib"] / 1024),
+        "bytes_per_conn": per_server(mem, lambda r: r["bytes_per_connection"]),
+        "idle_answered": per_server(mem, lambda r: r["client_ready"].get("answered", 0)),
+        "idle_still_open": per_server(mem, lambda r: r["client_done"].get("still_open", 0)),
+        "rps_unloaded": per_server(att, lambda r: r["unloaded"]["rps"]),
+        "rps_attacked": per_server(att, lambda r: r["attacked"]["rps"]),
+        "ratio_attack": per_server(att, lambda r: r["ratio"]),
+        "attack_non2xx": per_server(
+            att, lambda r: r["attacked"].get("errors", {}).get("non_2xx", 0)
+        ),
+        "attack_hwm_mib": per_server(att, lambda r: r["attacked_memory"]["hwm_max_kib"] / 1024),
+    }
+
+
+# -- the goals table -----------------------------------------------------------------------------
+
+
+def _verdict(ok: bool | None) -> str:
+    if ok is None:
+        return "not measured"
+    return "**met**" if ok else "**not met**"
+
+
+def _peers(figures: dict[str, float], fmt: Callable[[float], str], skip: str = "hardserve") -> str:
+    parts = [f"{_label(s)} {fmt(v)}" for s, v in figures.items() if s != skip]
+    order = {_label(s): i for i, s in enumerate(ORDER)}
+    parts.sort(key=lambda p: order.get(p.rsplit(" ", 1)[0], 99))
+    return "; ".join(parts) if parts else "—"
+
+
+def goals_table(summary: Summary, scenarios: Scenarios) -> list[str]:
+    f = scenario_figures(scenarios)
+    rows: list[tuple[str, str, str, bool | None]] = []
+
+    def matrix(app: str, mode: str, key: str) -> dict[str, float]:
+        return {s: v[key] for s, v in summary.get((app, mode), {}).items()}
+
+    cpu = matrix("hello", "keep-alive", "cpu_us")
+    own = cpu.get("hardserve", NAN)
+    rows.append(
+        (
+            "hello, keep-alive, 1 worker: server CPU ≤ 45 µs/req",
+            _fmt(own, 1, "µs"),
+            _peers(cpu, lambda v: _fmt(v, 1, "µs")),
+            None if math.isnan(own) else own <= 45,
+        )
+    )
+    for peer, limit in (("waitress", 0.6), ("gunicorn", 0.35)):
+        ratio = _div(own, cpu.get(peer, NAN))
+        rows.append(
+            (
+                f"… under {limit} of {_label(peer)}'s CPU per request",
+                f"{_fmt(ratio, 2)} of {peer}'s",
+                f"{_label(peer)} {_fmt(cpu.get(peer, NAN), 1, 'µs')}",
+                None if math.isnan(ratio) else ratio < limit,
+            )
+        )
+    close = matrix("hello", "close", "cpu_us")
+    own_close = close.get("hardserve", NAN)
+    rows.append(
+        (
+            "`Connection: close` (hello): ≤ 100 µs per connection",
+            _fmt(own_close, 0, "µs"),
+            _peers(close, lambda v: _fmt(v, 0, "µs")),
+            None if math.isnan(own_close) else own_close <= 100,
+        )
+    )
+    for app, what in (("big", "1 MiB responses"), ("stream", "chunked streams")):
+        for mode in ("keep-alive", "close"):
+            rps = matrix(app, mode, "rps")
+            ratio = _div(rps.get("hardserve", NAN), rps.get("granian", NAN))
+            rows.append(
+                (
+                    f"{what} ({app}, {mode}): req/s ≥ granian's",
+                    f"{_fmt(rps.get('hardserve', NAN))} req/s ({_fmt(ratio, 2)} x granian)",
+                    _peers(rps, lambda v: f"{_fmt(v)} req/s"),
+                    None if math.isnan(ratio) else ratio >= 1,
+                )
+            )
+    peaks: dict[str, float] = {}
+    for app in ("big", "stream"):
+        for mode in ("keep-alive", "close"):
+            for server, figures in summary.get((app, mode), {}).items():
+                peaks[server] = max(peaks.get(server, 0.0), figures.get("hwm_kib", 0) / 1024)
+    peak = peaks.get("hardserve", NAN)
+    rows.append(
+        (
+            "big and stream: peak RSS per worker < 40 MiB",
+            _fmt(peak, 1, "MiB"),
+            _peers(peaks, lambda v: _fmt(v, 1, "MiB")),
+            None if math.isnan(peak) or not peak else peak < 40,
+        )
+    )
+    ratio = f["ratio_1024"].get("hardserve", NAN)
+    rows.append(
+        (
+            "1,024 keep-alive connections, 1 worker: req/s ≥ 0.9 x the 64-connection figure",
+            f"{_fmt(ratio, 2)} ({_fmt(f['rps_1024'].get('hardserve', NAN))} against "
+            f"{_fmt(f['rps_64'].get('hardserve', NAN))} req/s)",
+            _peers(f["ratio_1024"], lambda v: _fmt(v, 2)),
+            None if math.isnan(ratio) else ratio >= 0.9,
+        )
+    )
+    tail = f["tail_1024"].get("hardserve", NAN)
+    rows.append(
+        (
+            "… p99 ≤ 3 x p50 at 1,024 connections",
+            f"{_fmt(tail, 1)} ({_fmt(f['p99_1024'].get('hardserve', NAN), 1)} / "
+            f"{_fmt(f['p50_1024'].get('hardserve', NAN), 1)} ms)",
+            _peers(f["tail_1024"], lambda v: _fmt(v, 1)),
+            None if math.isnan(tail) else tail <= 3,
+        )
+    )
+    two = f["rps_2w"]
+    ratio = _div(two.get("hardserve", NAN), two.get("gunicorn", NAN))
+    rows.append(
+        (
+            "2 workers on 2 cores (hello, keep-alive): ≥ 2 x gunicorn gthread's req/s",
+            f"{_fmt(two.get('hardserve', NAN))} req/s ({_fmt(ratio, 2)} x gunicorn)",
+            _peers(two, lambda v: f"{_fmt(v)} req/s"),
+            None if math.isnan(ratio) else ratio >= 2,
+        )
+    )
+    per_conn = f["bytes_per_conn"].get("hardserve", NAN)
+    rows.append(
+        (
+            "an idle keep-alive connection costs ≤ 8 KiB",
+            _fmt(per_conn / 1024, 1, "KiB"),
+            _peers(f["bytes_per_conn"], lambda v: _fmt(v / 1024, 1, "KiB")),
+            None if math.isnan(per_conn) else per_conn <= 8192,
+        )
+    )
+    idle = f["idle_rss_mib"].get("hardserve", NAN)
+    rows.append(
+        (
+            "an idle worker < 30 MiB RSS",
+            _fmt(idle, 1, "MiB"),
+            _peers(f["idle_rss_mib"], lambda v: _fmt(v, 1, "MiB")),
+            None if math.isnan(idle) else idle < 30,
+        )
+    )
+    kept = f["ratio_attack"].get("hardserve", NAN)
+    rows.append(
+        (
+            "1,000 slowloris + 200 slow readers open: hello req/s ≥ 0.9 x unloaded",
+            f"{_fmt(kept, 2)} ({_fmt(f['rps_attacked'].get('hardserve', NAN))} of "
+            f"{_fmt(f['rps_unloaded'].get('hardserve', NAN))} req/s)",
+            _peers(f["ratio_attack"], lambda v: _fmt(v, 2)),
+            None if math.isnan(kept) else kept >= 0.9,
+        )
+    )
+    lines = [
+        "## Goals of issue 7",
+        "",
+        "Every figure below comes from this run; each goal's method is in its section further "
+        "down. Ratios of a peer are its own figure in the same terms (for the 1,024-connection "
+        "and attack rows, the peer's own ratio).",
+        "",
+        "| goal | hardserve | peers | |",
+        "| --- | ---: | --- | --- |",
+    ]
+    for goal, figure, peers, ok in rows:
+        lines.append(f"| {goal} | {figure} | {peers} | {_verdict(ok)} |")
+    met = sum(ok is True for *_, ok in rows)
+    measured = sum(ok is not None for *_, ok in rows)
+    lines += ["", f"hardserve meets {met} of the {measured} goals measured in this run.", ""]
+    return lines
+
+
+# -- the scenario sections -------------------------------------------------------------------
+
+
+def _commands(records: list[dict[str, Any]]) -> list[str]:
+    seen: dict[str, str] = {}
+    for record in records:
+        seen.setdefault(record["server"], record["command"])
+    return [seen[s] for s in ORDER if s in seen]
+
+
+def _failures(records: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for record in records:
+        if "failure" in record:
+            out.append(
+                f"- {_label(record['server'])}, round {record['round']}: {record['failure']}"
+            )
+    return ["Failed rounds (not in the medians):", "", *out, ""] if out else []
+
+
+def _errors(record_part: dict[str, Any] | None) -> str:
+    if not record_part or "errors" not in record_part:
+        return "n/a"
+    parts = [f"{k.replace('_', '-')} {v}" for k, v in record_part["errors"].items() if v]
+    return ", ".join(parts) or "0"
+
+
+def _summed_errors(records: list[dict[str, Any]], server: str, key: str) -> str:
+    totals: dict[str, int] = defaultdict(int)
+    found = False
+    for record in records:
+        part = record.get(key)
+        if record["server"] == server and isinstance(part, dict) and "errors" in part:
+            found = True
+            for kind, count in part["errors"].items():
+                totals[kind] += count
+    return _errors({"errors": totals}) if found else "n/a"
+
+
+def concurrency_section(records: list[dict[str, Any]], duration_s: int) -> list[str]:
+    if not records:
+        return []
+    f = scenario_figures({"concurrency": records})
+    lines = [
+        "## 1,024 keep-alive connections on one worker",
+        "",
+        "hello with keep-alive, each server pinned to core 0 as in the matrix, wrk on core 1; "
+        f"in the same server process wrk runs 64 connections, then 1,024 (`-t1 -c1024 "
+        f"-d{duration_s}s`), each after a 1 s warm-up. Latency percentiles are wrk's, from "
+        "`bench/report.lua`. Every connection comes from 127.0.0.1, so each server's own "
+        "connection limit is raised where it would refuse them: hardserve's per-client cap "
+        "(`client_connections_max`, 256 per address per worker; it has no off value, so 2048), "
+        "gunicorn's `worker_connections` (1,000) and waitress's `connection_limit` (100; "
+        "with `--asyncore-use-poll`, since its select() loop exits past file descriptor "
+        "1023). hardserve also gets `--pool-queue-max 1024`: with the default 64 it admits "
+        "72 requests at once and answers the other ~950 in flight 503 at once "
+        "([NOTES.md](NOTES.md)), where the peers queue them without bound.",
+        "",
+        "```sh",
+        *_commands(records),
+        "```",
+        "",
+        "| server | req/s, 64 conns | req/s, 1,024 conns | 1,024 ÷ 64 | p50 at 1,024 "
+        "| p99 at 1,024 | p99 ÷ p50 | errors at 1,024 (all rounds) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for s in _servers(f["rps_64"]):
+        lines.append(
+            f"| {_label(s)} | {_fmt(f['rps_64'][s])} | {_fmt(f['rps_1024'][s])} "
+            f"| {_fmt(f['ratio_1024'][s], 2)} | {_fmt(f['p50_1024'][s], 1)} ms "
+            f"| {_fmt(f['p99_1024'][s], 1)} ms | {_fmt(f['tail_1024'][s], 1)} "
+            f"| {_summed_errors(records, s, 'high')} |"
+        )
+    return [*lines, "", *_failures(records)]
+
+
+def workers_section(records: list[dict[str, Any]], duration_s: int) -> list[str]:
+    if not records:
+        return []
+    rps = per_server(records, lambda r: r["load"]["rps"])
+    cpu = per_server(records, lambda r: r["load"]["cpu_us_per_request"])
+    lines = [
+        "## Two workers on two cores",
+        "",
+        "hello with keep-alive; each server runs 2 worker processes (8 threads each where it "
+        "has threads; waitress has no worker processes and is left out), and nothing is "
+        f"pinned: wrk (`-t2 -c128 -d{duration_s}s`, after a 1 s warm-up) shares the same two "
+        "cores with the workers, so every figure includes the cost of the load generator "
+        "stealing CPU from the server, alike for all. The goal is hardserve at 2 x gunicorn "
+        "gthread's req/s or more.",
+        "",
+        "```sh",
+        *_commands(records),
+        "```",
+        "",
+        "| server | req/s | hardserve ÷ server | CPU µs/req (both workers and master) "
+        "| errors (all rounds) |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    own = rps.get("hardserve", NAN)
+    for s in _servers(rps):
+        ratio = "—" if s == "hardserve" else _fmt(_div(own, rps[s]), 2)
+        lines.append(
+            f"| {_label(s)} | {_fmt(rps[s])} | {ratio} | {_fmt(cpu.get(s, NAN), 1)} "
+            f"| {_summed_errors(records, s, 'load')} |"
+        )
+    return [*lines, "", *_failures(records)]
+
+
+def memory_section(records: list[dict[str, Any]], count: int) -> list[str]:
+    if not records:
+        return []
+    f = scenario_figures({"memory": records})
+    lines = [
+        "## Memory: an idle worker, idle keep-alive connections",
+        "",
+        "Each server (one worker, pinned to core 0, hello app) answers one request; half a "
+        "second later the worker's RSS (VmRSS of the worker process, `/proc/PID/status`) is "
+        f"the *idle worker* figure. Then `bench/attack.py idle` (core 1) opens {count:,} "
+        "keep-alive connections, sends one `GET /` on each and reads the whole answer, and "
+        "leaves them open and silent; once all are answered the worker's RSS is read again. "
+        "The difference over the connections answered is the cost of one idle connection. "
+        "The connections come from 127.0.0.2, 127.0.0.3, ..., 200 from each, so hardserve's "
+        "per-client cap (256) stays in place; the idle timeouts are raised so none is closed "
+        "before it is counted (hardserve `--keepalive-timeout-s 60`, gunicorn `--keep-alive "
+        "60`, 2 s by default), and so are the connection limits (gunicorn "
+        "`--worker-connections`, waitress `--connection-limit` with `--asyncore-use-poll`). "
+        "granian has no keep-alive timeout setting; *still open* says how many of the "
+        "connections it kept.",
+        "",
+        "```sh",
+        *_commands(records),
+        "```",
+        "",
+        "| server | idle worker RSS | RSS per idle connection | connections answered "
+        "| still open afterwards |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for s in _servers(f["idle_rss_mib"]):
+        lines.append(
+            f"| {_label(s)} | {_fmt(f['idle_rss_mib'][s], 1, 'MiB')} "
+            f"| {_fmt(f['bytes_per_conn'].get(s, NAN), 0, 'B')} "
+            f"| {_fmt(f['idle_answered'].get(s, NAN))} "
+            f"| {_fmt(f['idle_still_open'].get(s, NAN))} |"
+        )
+    return [*lines, "", *_failures(records)]
+
+
+def attack_section(records: list[dict[str, Any]], duration_s: int) -> list[str]:
+    if not records:
+        return []
+    f = scenario_figures({"attack": records})
+    ready = per_server(records, lambda r: r["attack_ready"]["opened_once"])
+    ramp = per_server(records, lambda r: r["attack_ready"]["ramp_s"])
+    closed = per_server(
+        records,
+        lambda r: (
+            r["attack_done"].get("slowloris_closed_by_server", 0)
+            + r["attack_done"].get("slow_reader_closed_by_server", 0)
+        ),
+    )
+    lines = [
+        "## Under attack: 1,000 slowloris and 200 slow readers",
+        "",
+        "Each server runs `bench.apps:attack` (hello on `/`, 16 MiB on `/big`) with its "
+        "defaults, one worker pinned to core 0. wrk loads `/` with keep-alive from 127.0.0.1 "
+        f"(64 connections, 1 s warm-up, {duration_s} s measured): the *unloaded* figure. Then "
+        "`bench/attack.py slow` (core 1, beside wrk) opens 1,000 slowloris connections (each "
+        "sends `GET / HTTP/1.1`, a Host field and the start of a header, then one more byte "
+        "every second, never ending the head) and 200 slow readers (a 4 KiB receive buffer, "
+        "`GET /big`, never read), from 127.0.0.2, 127.0.0.3, ... (200 per address, so no "
+        "per-client cap refuses them, and the wrk load from 127.0.0.1 stays apart). A "
+        "connection the server closes is opened again at once. Once all have connected "
+        "(*ramp*) and a second has passed, wrk loads `/` again the same way: *under "
+        "attack*. 16 MiB is more than the kernel's socket buffers take (tcp_wmem allows up to "
+        "4 MiB), so a server has to wait on each slow reader, not just hand the bytes to the "
+        "kernel. req/s counts only answers below 400, as everywhere.",
+        "",
+        "```sh",
+        *_commands(records),
+        "```",
+        "",
+        "| server | req/s unloaded | req/s under attack | under attack ÷ unloaded "
+        "| non-2xx under attack | attackers connected, ramp | closed by the server "
+        "| worker peak RSS | errors under attack (all rounds) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for s in _servers(f["rps_unloaded"]):
+        lines.append(
+            f"| {_label(s)} | {_fmt(f['rps_unloaded'][s])} "
+            f"| {_fmt(f['rps_attacked'].get(s, NAN))} | {_fmt(f['ratio_attack'].get(s, NAN), 2)} "
+            f"| {_fmt(f['attack_non2xx'].get(s, NAN))} "
+            f"| {_fmt(ready.get(s, NAN))}, {_fmt(ramp.get(s, NAN), 1)} s "
+            f"| {_fmt(closed.get(s, NAN))} | {_fmt(f['attack_hwm_mib'].get(s, NAN), 1, 'MiB')} "
+            f"| {_summed_errors(records, s, 'attacked')} |"
+        )
+    lines += [
+        "",
+        "*closed by the server*: attacking connections the server closed while the attack "
+        "lasted (each was opened again). *worker peak RSS*: VmHWM of the worker at the end "
+        "of the attacked load.",
+        "",
+    ]
+    return [*lines, *_failures(records)]
+
+
+def scenario_sections(scenarios: Scenarios, duration_s: int, idle_count: int) -> list[str]:
+    return [
+        *concurrency_section(scenarios.get("concurrency", []), duration_s),
+        *workers_section(scenarios.get("workers", []), duration_s),
+        *memory_section(scenarios.get("memory", []), idle_count),
+        *attack_section(scenarios.get("attack", []), duration_s),
+    ]
+
+
+# -- the chart -----------------------------------------------------------------------------------
+
+
+def write_goals_chart(summary: Summary, scenarios: Scenarios, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = scenario_figures(scenarios)
+    fig, axes = plt.subplots(3, 3, figsize=(16, 13))
+
+    def bars(
+        axis: Any,
+        figures: dict[str, float],
+        title: str,
+        goal: float | None = None,
+        digits: int = 0,
+    ) -> None:
+        servers = _servers(figures)
+        values = [figures[s] for s in servers]
+        drawn = axis.bar([_label(s) for s in servers], values, color=[COLOURS[s] for s in servers])
+        axis.bar_label(drawn, labels=[_fmt(v, digits) for v in values], fontsize=8, padding=2)
+        if goal is not None:
+            axis.axhline(goal, color="black", linestyle="--", linewidth=1)
+            axis.text(
+                0.99,
+                goal,
+                "goal",
+                transform=axis.get_yaxis_transform(),
+                ha="right",
+                va="bottom",
+                fontsize=8,
+            )
+        axis.set_title(title, fontsize=10)
+        axis.tick_params(axis="x", labelsize=8, rotation=15)
+        axis.grid(axis="y", alpha=0.3)
+        axis.margins(y=0.2)
+
+    # 1 MiB and chunked: req/s per server, grouped by case.
+    axis = axes[0][0]
+    cases = [("big", "keep-alive"), ("big", "close"), ("stream", "keep-alive"), ("stream", "close")]
+    servers = [s for s in ORDER if any(s in summary.get(c, {}) for c in cases)]
+    width = 0.8 / max(len(servers), 1)
+    for index, server in enumerate(servers):
+        xs = [i + (index - (len(servers) - 1) / 2) * width for i in range(len(cases))]
+        values = [summary.get(c, {}).get(server, {}).get("rps", NAN) for c in cases]
+        axis.bar(xs, values, width, label=_label(server), color=COLOURS[server])
+    axis.set_xticks(range(len(cases)), [f"{a}\n{m}" for a, m in cases], fontsize=8)
+    axis.set_title("1 MiB and chunked 1 MiB: req/s (goal: ≥ granian)", fontsize=10)
+    axis.legend(fontsize=7)
+    axis.grid(axis="y", alpha=0.3)
+
+    peaks: dict[str, float] = {}
+    for case in cases:
+        for server, figures in summary.get(case, {}).items():
+            peaks[server] = max(peaks.get(server, 0.0), figures.get("hwm_kib", 0) / 1024)
+    bars(axes[0][1], peaks, "big and stream: peak RSS per worker, MiB", 40, 1)
+    bars(axes[0][2], f["rps_2w"], "2 workers on 2 cores: req/s (goal: ≥ 2 x gunicorn)")
+    bars(
+        axes[1][0],
+        f["ratio_1024"],
+        "1,024 connections: req/s ÷ req/s at 64",
+        0.9,
+        2,
+    )
+    bars(axes[1][1], f["tail_1024"], "1,024 connections: p99 ÷ p50 latency", 3, 1)
+    bars(
+        axes[1][2],
+        {s: v / 1024 for s, v in f["bytes_per_conn"].items()},
+        "RSS per idle keep-alive connection, KiB",
+        8,
+        1,
+    )
+    bars(axes[2][0], f["idle_rss_mib"], "idle worker RSS, MiB", 30, 1)
+    axis = axes[2][1]
+    servers = _servers(f["rps_unloaded"])
+    xs = list(range(len(servers)))
+    axis.bar(
+        [x - 0.2 for x in xs],
+        [f["rps_unloaded"][s] for s in servers],
+        0.4,
+        label="unloaded",
+        color="#bbbbbb",
+    )
+    axis.bar(
+        [x + 0.2 for x in xs],
+        [f["rps_attacked"].get(s, NAN) for s in servers],
+        0.4,
+        label="under attack",
+        color=[COLOURS[s] for s in servers],
+    )
+    axis.set_xticks(xs, [_label(s) for s in servers], fontsize=8, rotation=15)
+    axis.set_title("hello req/s, unloaded and under attack", fontsize=10)
+    axis.legend(fontsize=7)
+    axis.grid(axis="y", alpha=0.3)
+    bars(
+        axes[2][2],
+        f["ratio_attack"],
+        "under attack ÷ unloaded (1,000 slowloris + 200 slow readers)",
+        0.9,
+        2,
+    )
+    fig.suptitle("The goals of issue 7: hardserve and its peers, one run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
