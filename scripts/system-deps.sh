@@ -7,6 +7,9 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 if ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v systemd-socket-activate >/dev/null 2>&1; then
   need+=(systemd)
 fi
+# promtool (check metrics, check rules): Debian's prometheus package ships /usr/bin/promtool
+# (tests/functional/test_admin.py, test_grafana.py). Its server is not started by the tests.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

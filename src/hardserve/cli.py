@@ -27,6 +27,7 @@ from hardserve import __version__
 from hardserve.settings import (
     ALL_SETTINGS,
     CONFIG_ENV,
+    SECRET_SETTINGS,
     Config,
     Finding,
     Resolved,
@@ -54,6 +55,17 @@ def _version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+def versions() -> dict[str, str]:
+    """The versions hardserve_build_info names."""
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "h11": _version("h11"),
+        "uvloop": _version("uvloop"),
+        "prometheus_client": _version("prometheus-client"),
+    }
 
 
 def version_text() -> str:
@@ -278,7 +290,7 @@ def _report(resolved: Resolved, app: str | None, findings: list[Finding]) -> dic
         "app": app,
         "settings": {
             s.name: {
-                "value": toml_value(s, resolved.value(s.name)),
+                "value": _visible(s, resolved.value(s.name)),
                 "source": resolved.sources[s.name],
             }
             for s in ALL_SETTINGS
@@ -303,7 +315,7 @@ def _text_report(resolved: Resolved, app: str | None, findings: list[Finding]) -
     if app is not None:
         lines.append(f"app: {app}")
     rows = [
-        (s.name, _shown_value(toml_value(s, resolved.value(s.name))), resolved.sources[s.name])
+        (s.name, _shown_value(_visible(s, resolved.value(s.name))), resolved.sources[s.name])
         for s in ALL_SETTINGS
     ]
     name_width = max(len(name) for name, _, _ in rows)
@@ -317,6 +329,13 @@ def _text_report(resolved: Resolved, app: str | None, findings: list[Finding]) -
     notes = len(findings) - warnings
     lines.append(f"{_count(warnings, 'warning')}, {_count(notes, 'note')}")
     return "\n".join(lines) + "\n"
+
+
+def _visible(setting: Setting, value: Any) -> Any:
+    """A setting's value as check-config shows it: a secret only as whether it is set."""
+    if setting.name in SECRET_SETTINGS and value is not None:
+        return "(hidden)"
+    return toml_value(setting, value)
 
 
 def _shown_value(value: Any) -> str:
@@ -393,6 +412,23 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
     except BindError as exc:
         click.echo(f"hardserve: {exc}", err=True)
         return EXIT_CONFIG
+    # The admin listener (/metrics, /livez, /readyz) is the master's own: bound here, and its
+    # token read now, while a file only root may read can still be read.
+    admin_socket = None
+    admin_token = config.admin_token
+    if config.admin_bind is not None:
+        from hardserve.master.listeners import bind
+        from hardserve.settings import read_admin_token
+
+        try:
+            if config.admin_token_file is not None:
+                admin_token = read_admin_token(config.admin_token_file)
+            admin_socket = bind(config.admin_bind, unix_mode=config.unix_mode, backlog=64)
+        except (BindError, SettingError) as exc:
+            for sock in sockets:
+                sock.close()
+            click.echo(f"hardserve: --admin-bind: {exc}", err=True)
+            return EXIT_CONFIG
     # What the workers run is imported now, while the files are surely readable: after
     # dropping root, the user may not be able to read the Python installation.
     from hardserve.worker.main import preload
@@ -404,7 +440,10 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
     tls.mark_tls_listeners(tls_listener_fds())
     is_tls = config.certfile is not None
     announced = startup_lines(
-        config, [describe(sock, tls=is_tls and tls.serves_tls(sock)) for sock in sockets]
+        config,
+        [describe(sock, tls=is_tls and tls.serves_tls(sock)) for sock in sockets],
+        admin=describe(admin_socket) if admin_socket is not None else None,
+        admin_token=admin_token is not None,
     )
     try:
         drop_privileges(config.user, config.group, allow_root=config.allow_root)
@@ -438,6 +477,9 @@ def serve(app_spec: str, values: dict[str, Any]) -> int:
             notifier=notifier,
             reload_config=lambda: _reload_config(values),
             startup_lines=lambda: announced,
+            admin_socket=admin_socket,
+            admin_token=admin_token,
+            build_info=versions(),
         ).run()
     finally:
         if config.pid_file:
@@ -489,10 +531,13 @@ MAIN_LIMITS = (
 )
 
 
-def startup_lines(config: Config, binds: list[str]) -> list[str]:
+def startup_lines(
+    config: Config, binds: list[str], *, admin: str | None = None, admin_token: bool = False
+) -> list[str]:
     """What an operator needs to know about a server that starts: the versions, where it
-    listens, how many workers and threads, the main limits, the log files, and every
-    security-relevant setting that differs from its default."""
+    listens, how many workers and threads, the main limits, the log files, where metrics and
+    health are served, and every security-relevant setting that differs from its default.
+    Never a secret: the admin token is only said to be required."""
     from hardserve.settings import LIMIT_SETTINGS
 
     defaults = {s.name: s.default for s in ALL_SETTINGS}
@@ -519,9 +564,22 @@ def startup_lines(config: Config, binds: list[str]) -> list[str]:
         f"logs: error {config.error_log}, access {config.access_log or 'off'}, "
         f"format {config.log_format}"
         + (f", log config {config.log_config}" if config.log_config else ""),
+        admin_line(admin, admin_token),
         "security settings changed from their defaults: "
         + (", ".join(f"{name}={shown(name)}" for name in changed) or "none"),
     ]
+
+
+def admin_line(admin: str | None, token: bool) -> str:
+    """Where metrics and health are served (the startup line)."""
+    if admin is None:
+        return "metrics and health: off (--admin-bind ADDRESS serves them)"
+    metrics = "token required" if token else "no token"
+    return (
+        f"metrics and health: {admin}/metrics ({metrics}), {admin}/livez, {admin}/readyz"
+        if not admin.startswith("unix:")
+        else f"metrics and health: {admin} (/metrics: {metrics}; /livez, /readyz)"
+    )
 
 
 def run_worker_process(app_spec: str, config: Any, sockets: Any, heartbeat_fd: int) -> int:

@@ -327,6 +327,42 @@ SETTINGS: tuple[Setting, ...] = (
         choices=("text", "json"),
     ),
     Setting(
+        "admin_bind",
+        "Serve /metrics, /livez and /readyz on this address: HOST:PORT, [IPv6]:PORT or "
+        "unix:/PATH (docs/metrics.md), answered by the master even while every worker is busy. "
+        "Never one of the bind addresses: the admin listener belongs on loopback, a private "
+        "network or a unix socket. Default: off (127.0.0.1:9191 is the documented choice).",
+        None,
+        metavar="ADDRESS",
+    ),
+    Setting(
+        "admin_token",
+        "A bearer token /metrics requires (Authorization: Bearer TOKEN); /livez and /readyz "
+        "stay open for probes. At least 16 characters of A-Z a-z 0-9 - . _ ~ + / =. Prefer "
+        "admin_token_file: a value here is visible in the process list or the environment. "
+        "Never shown by check-config or the logs.",
+        None,
+        metavar="TOKEN",
+    ),
+    Setting(
+        "admin_token_file",
+        "A file whose first line is the admin token (as admin_token); read by the master at "
+        "start, before it gives up root, and again on HUP.",
+        None,
+        metavar="FILE",
+    ),
+    Setting(
+        "shutdown_delay_s",
+        "Seconds between TERM and the workers being told to stop: /readyz answers 503 at once "
+        "while the workers go on serving, so a load balancer polling /readyz takes the server "
+        "out before its listeners close. 0 stops at once; INT and QUIT never wait.",
+        0.0,
+        float,
+        metavar="SECONDS",
+        minimum=0.0,
+        maximum=3600.0,
+    ),
+    Setting(
         "certfile",
         "Serve TLS with this certificate chain (PEM), together with keyfile. Every TCP "
         "listener then speaks TLS; unix sockets stay plain (docs/tls.md).",
@@ -453,6 +489,10 @@ class Config:
     log_config: str | None = None
     log_level: str = "info"
     log_format: str = "text"
+    admin_bind: str | None = None
+    admin_token: str | None = None
+    admin_token_file: str | None = None
+    shutdown_delay_s: float = 0.0
     certfile: str | None = None
     keyfile: str | None = None
     keyfile_password_file: str | None = None
@@ -523,6 +563,7 @@ def resolve(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> 
     _check_proxies(resolved, sources)
     _check_logs(resolved, sources)
     _check_tls(resolved, sources)
+    _check_admin(resolved, sources)
     limits = Limits(**{name: resolved.pop(name) for name in _LIMIT_NAMES})
     return Resolved(Config(limits=limits, **resolved), sources, path, path_source)
 
@@ -667,6 +708,111 @@ def _check_tls(resolved: dict[str, Any], sources: Mapping[str, str]) -> None:
     if resolved["client_cert"] != "none" and resolved["ca_certs"] is None:
         name = "client_cert"
         raise _error(_BY_NAME[name], sources[name], " needs --ca-certs (the CAs to check against)")
+
+
+# Settings whose value is a secret: check-config shows only whether they are set.
+SECRET_SETTINGS = frozenset({"admin_token"})
+
+# RFC 6750 b64token: the characters a bearer token may have.
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+ADMIN_TOKEN_MIN_CHARS = 16
+
+
+def check_admin_token(token: str) -> str | None:
+    """Why `token` cannot be the admin token, or None when it can."""
+    if len(token) < ADMIN_TOKEN_MIN_CHARS:
+        return f"must be at least {ADMIN_TOKEN_MIN_CHARS} characters"
+    if not set(token) <= _TOKEN_CHARS:
+        return "may only have the characters A-Z a-z 0-9 - . _ ~ + / ="
+    return None
+
+
+def admin_address(spec: str) -> tuple[str, str, int]:
+    """An admin bind: ("unix", PATH, 0) or ("inet", HOST, PORT) (HOST without brackets).
+    ValueError for anything else (tls:// and fd:// are not admin addresses)."""
+    if spec.startswith("unix:"):
+        if not spec[5:]:
+            raise ValueError("unix: needs a path")
+        return "unix", spec[5:], 0
+    if spec.startswith(("tls://", "fd://")):
+        raise ValueError("takes HOST:PORT, [IPv6]:PORT or unix:/PATH (no tls:// or fd://)")
+    if spec.startswith("["):
+        host, bracket, rest = spec[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        if not bracket or not host:
+            raise ValueError("is not [IPv6]:PORT")
+    else:
+        host, colon, port = spec.rpartition(":")
+        if not colon or ":" in host:
+            raise ValueError("takes HOST:PORT, [IPv6]:PORT or unix:/PATH")
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"{port!r} is not a port")
+    return "inet", host or "0.0.0.0", int(port)
+
+
+_WILDCARDS = frozenset({"0.0.0.0", "::", "*"})
+
+
+def _same_listener(admin: tuple[str, str, int], bind: str) -> bool:
+    """Whether the admin address would be (or overlap) the public listener `bind`."""
+    kind, where, port = admin
+    if kind == "unix":
+        return bind.startswith("unix:") and os.path.normpath(bind[5:]) == os.path.normpath(where)
+    host = _inet_host(bind)
+    if host is None or port == 0:  # port 0: each gets a port of its own
+        return False
+    bind_port = bind.removeprefix("tls://").rpartition(":")[2]
+    if not (bind_port.isascii() and bind_port.isdigit()) or int(bind_port) != port:
+        return False
+    return host == where or host in _WILDCARDS or where in _WILDCARDS
+
+
+def _check_admin(resolved: dict[str, Any], sources: Mapping[str, str]) -> None:
+    spec = resolved["admin_bind"]
+    token, token_file = resolved["admin_token"], resolved["admin_token_file"]
+    if spec is not None:
+        try:
+            address = admin_address(spec)
+        except ValueError as exc:
+            raise _error(_BY_NAME["admin_bind"], sources["admin_bind"], f": {exc}") from None
+        for bind in resolved["bind"]:
+            if _same_listener(address, bind):
+                raise _error(
+                    _BY_NAME["admin_bind"],
+                    sources["admin_bind"],
+                    f" {spec} is the public listener {bind}: the admin listener needs an "
+                    "address of its own (loopback, a private network or a unix socket)",
+                )
+    if token is not None and token_file is not None:
+        raise _error(
+            _BY_NAME["admin_token"], sources["admin_token"], " and --admin-token-file: one only"
+        )
+    for name in ("admin_token", "admin_token_file"):
+        if resolved[name] is not None and spec is None:
+            raise _error(_BY_NAME[name], sources[name], " needs --admin-bind")
+    if token_file is not None and not token_file.strip():
+        name = "admin_token_file"
+        raise _error(_BY_NAME[name], sources[name], " needs a file name")
+    if token is not None:
+        problem = check_admin_token(token)
+        if problem is not None:
+            # The value itself is never repeated: it is a secret.
+            raise _error(_BY_NAME["admin_token"], sources["admin_token"], f" {problem}")
+
+
+def read_admin_token(path: str) -> str:
+    """The token in the first line of `path`; SettingError naming the file when it cannot be
+    read or is not a token. The token itself is never in the message."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.readline(4096).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SettingError(f"--admin-token-file {path}: cannot read it: {reason}") from None
+    problem = check_admin_token(token)
+    if problem is not None:
+        raise SettingError(f"--admin-token-file {path}: the token {problem}")
+    return token
 
 
 def _from_env(setting: Setting, raw: str) -> Any:
@@ -894,6 +1040,11 @@ RISKS: dict[str, tuple[str, str]] = {
         "warning",
         "path_encoded_slash or path_backslash set to allow (docs/paths.md).",
     ),
+    "admin-open": (
+        "warning",
+        "admin_bind reachable from other machines (not loopback, not a unix socket) without "
+        "admin_token or admin_token_file: anyone who reaches it reads the metrics.",
+    ),
     "graceful-over-kubernetes": (
         "note",
         f"graceful_timeout_s longer than {KUBERNETES_GRACE_S:g} s, Kubernetes' default "
@@ -1026,6 +1177,19 @@ def review(config: Config) -> list[Finding]:
                 f"{name} is 'allow': an app or proxy that splits the path differently sees "
                 "other segments than the ones checked for '..' (docs/paths.md)",
             )
+    admin = config.admin_bind
+    if (
+        admin is not None
+        and is_public_bind(admin)
+        and config.admin_token is None
+        and config.admin_token_file is None
+    ):
+        add(
+            "admin-open",
+            ("admin_bind", "admin_token_file"),
+            f"admin_bind {admin} is reachable from other machines and /metrics needs no "
+            "token: bind it to loopback or a unix socket, or set admin_token_file",
+        )
     if config.graceful_timeout_s > KUBERNETES_GRACE_S:
         add(
             "graceful-over-kubernetes",

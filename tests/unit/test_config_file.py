@@ -53,6 +53,8 @@ def sample(setting: Setting) -> tuple[str, Any]:
         "proxy_allow_ips": ('"127.0.0.1"', "127.0.0.1"),
         "allow_root": ("true", True),
         "proxy_protocol": ('"off"', "off"),
+        "admin_bind": ('"127.0.0.1:9191"', "127.0.0.1:9191"),
+        "admin_token": ('"a-token-of-sixteen-chars"', "a-token-of-sixteen-chars"),
     }
     if setting.name in special:
         return special[setting.name]
@@ -68,6 +70,8 @@ def sample(setting: Setting) -> tuple[str, Any]:
 
 # TLS settings that only load together (tests/unit/test_tls.py): each is tested with these.
 TLS_COMPANIONS = {"certfile": '"c.pem"', "keyfile": '"k.pem"', "ca_certs": '"ca.pem"'}
+# The admin token needs an admin listener (tests/unit/test_admin.py).
+ADMIN_COMPANIONS = {"admin_bind": '"127.0.0.1:9191"'}
 
 
 @pytest.mark.parametrize("setting", ALL_SETTINGS, ids=lambda s: s.name)
@@ -75,6 +79,8 @@ def test_every_setting_is_a_top_level_key(setting: Setting, tmp_path: Path) -> N
     text, expected = sample(setting)
     tls_settings = ("certfile", "keyfile", "keyfile_password_file", "ca_certs", "client_cert")
     companions = TLS_COMPANIONS if setting.name in (*tls_settings, "ciphers") else {}
+    if setting.name in ("admin_token", "admin_token_file"):
+        companions = ADMIN_COMPANIONS
     lines = [f"{name} = {value}" for name, value in companions.items() if name != setting.name]
     resolved = from_file(tmp_path, "\n".join([*lines, f"{setting.name} = {text}"]) + "\n")
     assert resolved.value(setting.name) == expected

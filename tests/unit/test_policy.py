@@ -646,3 +646,140 @@ def test_a_hup_during_a_reload_starts_it_over_with_the_new_configuration() -> No
     assert {w.generation for w in master.state.workers.values()} == {2}
     assert len(master.state.workers) == 3
     assert min(lowest) >= 3, lowest
+
+
+# -- what /readyz and the metrics read: readiness, starts, exits by cause ------------------------
+
+
+def test_ready_needs_a_serving_worker_and_no_stop() -> None:
+    master = Master(2)
+    assert not master.state.ready()
+    master.send(Tick(), 0.0)
+    assert not master.state.ready()  # forked, not serving yet
+    master.send(Ready(101), 0.1)
+    assert master.state.ready()
+    master.send(SignalReceived(TERM), 1.0)
+    assert not master.state.ready()  # from the moment TERM arrives
+
+
+@pytest.mark.parametrize("signum", [TERM, INT, QUIT])
+def test_every_stop_signal_makes_it_unready_at_once(signum: int) -> None:
+    master = Master(1)
+    master.start()
+    assert master.state.ready()
+    master.send(SignalReceived(signum), 1.0)
+    assert not master.state.ready()
+
+
+def test_a_worker_on_its_way_out_does_not_make_it_ready() -> None:
+    master = Master(1)
+    (pid,) = master.start()
+    master.send(Stuck(pid), 1.0)  # replaced: the stuck one no longer counts
+    assert not master.state.ready()
+    master.send(Ready(pid + 1), 1.5)
+    assert master.state.ready()
+
+
+def test_exits_are_counted_by_cause() -> None:
+    master = Master(2, timeout_s=0.0)
+    first, second = master.start()
+    assert master.state.worker_starts == 2
+    now = CRASH_WINDOW_S + 1
+
+    def step(event: Event) -> list[Action]:
+        nonlocal now
+        now += 0.1
+        return master.send(event, now)
+
+    def newest() -> int:
+        return max(master.state.workers)
+
+    step(Exited(first, None, KILL))  # nobody asked: a crash
+    step(Ready(newest()))
+    step(Retiring(second))
+    step(Exited(second, 0))
+    step(Ready(newest()))
+    step(SignalReceived(HUP))  # both old ones leave as new ones serve
+    while any(w.generation == 0 for w in master.state.workers.values()):
+        for pid, worker in list(master.state.workers.items()):
+            if worker.stopping == "reload":
+                step(Exited(pid, 0))
+            elif worker.generation == 1 and not worker.ready:
+                step(Ready(pid))
+        step(Tick())
+    step(SignalReceived(TTOU))
+    (scaled,) = [p for p, w in master.state.workers.items() if w.stopping == "scale"]
+    step(Exited(scaled, 0))
+    step(SignalReceived(TERM))
+    (last,) = master.state.workers
+    step(Exited(last, 0))
+    assert master.state.worker_exits == {
+        "crash": 1,
+        "max-requests": 1,
+        "reload": 2,
+        "scale": 1,
+        "shutdown": 1,
+    }
+    assert master.state.worker_starts == 2 + 2 + 2
+
+
+def test_a_silent_worker_killed_by_the_master_exits_by_timeout() -> None:
+    master = Master(1, timeout_s=2.0)
+    (pid,) = master.start()
+    master.play(
+        [
+            (2.5, Tick(), [Kill(pid, USR2)]),
+            (2.5 + DUMP_GRACE_S, Tick(), [Kill(pid, KILL), Spawn(0)]),
+            (2.5 + DUMP_GRACE_S + 0.1, Exited(pid, None, KILL), []),
+        ]
+    )
+    master.send(Stuck(pid + 1), 4.0)
+    master.send(Exited(pid + 1, 0), 4.5)
+    assert master.state.worker_exits == {"timeout": 1, "stuck": 1}
+
+
+def test_shutdown_delay_keeps_serving_unready_then_stops() -> None:
+    master = Master(2)
+    master.state.shutdown_delay_s = 3.0
+    pids = master.start()
+    master.play(
+        [
+            # Not ready at once; systemd hears STOPPING; the workers are not told yet.
+            (1.0, SignalReceived(TERM), [STOPPING]),
+            (2.0, Tick(), []),
+            (3.9, SignalReceived(TERM), []),  # a second TERM does not cut the delay short
+            (4.0, Tick(), [Kill(pids[0], TERM), Kill(pids[1], TERM)]),
+            (4.1, Exited(pids[0], 0), []),
+            (4.2, Exited(pids[1], 0), [Exit(0)]),
+        ]
+    )
+    assert not master.state.ready()
+
+
+def test_int_during_the_shutdown_delay_stops_now() -> None:
+    master = Master(1)
+    master.state.shutdown_delay_s = 30.0
+    (pid,) = master.start()
+    master.play(
+        [
+            (1.0, SignalReceived(TERM), [STOPPING]),
+            (2.0, SignalReceived(INT), [Kill(pid, QUIT)]),
+            (2.0 + FAST_STOP_S, Tick(), [Kill(pid, KILL)]),
+            (2.0 + FAST_STOP_S + 0.1, Exited(pid, None, KILL), [Exit(0)]),
+        ]
+    )
+    assert master.state.stop_at is None
+
+
+def test_a_worker_dying_during_the_delay_is_not_replaced() -> None:
+    master = Master(2)
+    master.state.shutdown_delay_s = 5.0
+    first, second = master.start()
+    master.play(
+        [
+            (1.0, SignalReceived(TERM), [STOPPING]),
+            (2.0, Exited(first, None, KILL), []),
+            (6.0, Tick(), [Kill(second, TERM)]),
+            (6.5, Exited(second, 0), [Exit(0)]),
+        ]
+    )

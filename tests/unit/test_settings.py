@@ -667,6 +667,7 @@ def test_every_finding_review_makes_is_documented() -> None:
             "allow_root": True,
             "path_backslash": "allow",
             "graceful_timeout_s": 60.0,
+            "admin_bind": "0.0.0.0:9191",
         },
         env={},
     )

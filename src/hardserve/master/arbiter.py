@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING
 from hardserve import tls
 from hardserve.master import policy
 from hardserve.master.listeners import describe
+from hardserve.observe.admin import AdminServer, Endpoints
 from hardserve.observe.stats import MESSAGE_TAG, Aggregate, Snapshot
 from hardserve.worker.heartbeat import BEAT, READY, RETIRING, STUCK, channel
 
 if TYPE_CHECKING:
     from hardserve.master.systemd import Notifier
+    from hardserve.observe.metrics import MasterFacts
     from hardserve.settings import Config
 
 _log = logging.getLogger("hardserve.error")
@@ -67,6 +69,9 @@ class Arbiter:
         notifier: Notifier | None = None,
         reload_config: Callable[[], Config] | None = None,
         startup_lines: Callable[[], list[str]] | None = None,
+        admin_socket: socket.socket | None = None,
+        admin_token: str | None = None,
+        build_info: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         self.sockets = sockets
@@ -81,6 +86,7 @@ class Arbiter:
             timeout_s=config.timeout_s,
             graceful_timeout_s=config.graceful_timeout_s,
             watchdog_interval_s=notifier.watchdog_interval_s if notifier is not None else None,
+            shutdown_delay_s=config.shutdown_delay_s,
         )
         self._signals: collections.deque[int] = collections.deque()
         self._pipes: dict[int, int] = {}  # master's end of a worker's channel -> worker pid
@@ -88,6 +94,24 @@ class Arbiter:
         self.stats = Aggregate()
         self._wake_r = -1
         self._wake_w = -1
+        # Each live worker's slot (0, 1, ...: the lowest free when it started), the `worker`
+        # label of its metrics: a replacement takes its predecessor's series.
+        self._slots: dict[int, int] = {}
+        self.started_at = time.time()
+        # The admin listener (/metrics, /livez, /readyz), served by this loop.
+        self.admin: AdminServer | None = None
+        if admin_socket is not None:
+            self.admin = AdminServer(
+                admin_socket,
+                Endpoints(
+                    metrics=self._render_metrics,
+                    live=lambda: True,  # it answers, so the loop turns
+                    ready=self.state.ready,
+                    token=admin_token,
+                ),
+            )
+        self._build_info = build_info or {}
+        self._metrics: Callable[[str | None], tuple[bytes, str]] | None = None
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -103,16 +127,24 @@ class Arbiter:
             self._restore_signals()
             for fd in list(self._pipes):
                 self._close_pipe(fd)
+            if self.admin is not None:
+                self.admin.close()
 
     def _turn(self) -> int | None:
-        readable, _, _ = select.select([self._wake_r, *self._pipes], [], [], _TICK_S)
+        admin_read, admin_write = self.admin.fds() if self.admin is not None else ([], [])
+        readable, writable, _ = select.select(
+            [self._wake_r, *self._pipes, *admin_read], admin_write, [], _TICK_S
+        )
         events: list[policy.Event] = []
+        admin_ready: list[int] = []
         for fd in readable:
             if fd == self._wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
-            else:
+            elif fd in self._pipes:
                 events.extend(self._read_pipe(fd))
+            else:
+                admin_ready.append(fd)
         while self._signals:
             signum = self._signals.popleft()
             if signum != signal.SIGCHLD:
@@ -123,6 +155,9 @@ class Arbiter:
             code = self._apply(policy.decide(self.state, event, time.monotonic()))
             if code is not None:
                 return code
+        # After the events: a /readyz read in the same turn as a TERM already answers 503.
+        if self.admin is not None:
+            self.admin.handle(admin_ready, writable, time.monotonic())
         return None
 
     def _read_pipe(self, fd: int) -> list[policy.Event]:
@@ -176,6 +211,7 @@ class Arbiter:
                     events.extend(self._read_pipe(fd))
                     self._close_pipe(fd)
             self.stats.worker_gone(pid)
+            self._slots.pop(pid, None)
             if os.WIFSIGNALED(status):
                 events.append(policy.Exited(pid, None, os.WTERMSIG(status)))
             else:
@@ -237,6 +273,8 @@ class Arbiter:
         os.close(write_end)
         os.set_blocking(read_end, False)
         self._pipes[read_end] = pid
+        taken = set(self._slots.values())
+        self._slots[pid] = next(slot for slot in range(len(taken) + 1) if slot not in taken)
         self._apply(policy.decide(self.state, policy.Spawned(pid, generation), time.monotonic()))
 
     def _become_worker(self, heartbeat_fd: int, mask: set[int | signal.Signals]) -> None:
@@ -249,6 +287,9 @@ class Arbiter:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._pipes.clear()
+            if self.admin is not None:
+                self.admin.close()  # descriptors only: the master's connections go on
+                self.admin = None
             code = self.worker_main(heartbeat_fd, self.config)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -271,6 +312,62 @@ class Arbiter:
         self.state.desired = config.workers
         self.state.timeout_s = config.timeout_s
         self.state.graceful_timeout_s = config.graceful_timeout_s
+        self.state.shutdown_delay_s = config.shutdown_delay_s
+        if self.admin is not None:
+            self._reload_admin_token(config)
+
+    def _reload_admin_token(self, config: Config) -> None:
+        """The admin token as the configuration read on HUP gives it (a token file is read
+        again, so a token can be rotated); one that cannot be read keeps the running token.
+        The admin address itself is bound once: a new one needs a restart."""
+        from hardserve.settings import SettingError, read_admin_token
+
+        assert self.admin is not None
+        try:
+            if config.admin_token_file is not None:
+                token: str | None = read_admin_token(config.admin_token_file)
+            else:
+                token = config.admin_token
+        except SettingError as exc:
+            _log.error("reload: admin token not changed: %s", exc)
+            return
+        self.admin.endpoints.token = token
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def facts(self) -> MasterFacts:
+        """What the metrics show at this moment."""
+        from hardserve.observe.metrics import MasterFacts, WorkerFacts
+
+        now = time.monotonic()
+        workers = [
+            WorkerFacts(
+                slot=self._slots[pid],
+                pid=pid,
+                ready=worker.ready and worker.stopping is None,
+                heartbeat_age_s=now - worker.last_seen,
+            )
+            for pid, worker in sorted(self.state.workers.items())
+            if pid in self._slots
+        ]
+        return MasterFacts(
+            stats=self.stats,
+            workers=workers,
+            desired_workers=self.state.desired,
+            ready=self.state.ready(),
+            worker_starts=self.state.worker_starts,
+            worker_exits=dict(self.state.worker_exits),
+            exit_causes=policy.EXIT_CAUSES,
+            start_time_s=self.started_at,
+        )
+
+    def _render_metrics(self, accept: str | None) -> tuple[bytes, str]:
+        if self._metrics is None:
+            # prometheus_client is imported the first time it is needed.
+            from hardserve.observe.metrics import Metrics
+
+            self._metrics = Metrics(self.facts, self._build_info).render
+        return self._metrics(accept)
 
     # -- signals and pipes -------------------------------------------------------------------
 

@@ -27,6 +27,18 @@ EXIT_APP_LOAD = 4
 
 Phase = Literal["running", "reloading", "stopping"]
 StopReason = Literal["shutdown", "reload", "scale", "timeout", "stuck", "max-requests"]
+# Why a worker exited, as hardserve_worker_exits_total{cause} counts it: the reason the master
+# asked it to stop, or "crash" when nobody asked (a signal, an exception, an exit status).
+ExitCause = Literal["crash", "shutdown", "reload", "scale", "timeout", "stuck", "max-requests"]
+EXIT_CAUSES: tuple[ExitCause, ...] = (
+    "crash",
+    "timeout",
+    "stuck",
+    "max-requests",
+    "reload",
+    "scale",
+    "shutdown",
+)
 
 
 @dataclass
@@ -46,6 +58,9 @@ class MasterState:
     timeout_s: float
     graceful_timeout_s: float
     watchdog_interval_s: float | None = None
+    # TERM: this long with /readyz at 503 and the workers still serving before they are told
+    # to stop (load balancers that poll /readyz take the server out first).
+    shutdown_delay_s: float = 0.0
     generation: int = 0
     phase: Phase = "running"
     workers: dict[int, Worker] = field(default_factory=dict)
@@ -57,10 +72,20 @@ class MasterState:
     announced_listening: bool = False
     next_watchdog_at: float = 0.0
     spawns_pending: int = 0  # spawn actions given out whose Spawned event has not come back
+    # When a delayed stop (shutdown_delay_s) tells the workers to stop; None otherwise.
+    stop_at: float | None = None
+    # What the metrics count: workers started, and workers exited by cause.
+    worker_starts: int = 0
+    worker_exits: dict[str, int] = field(default_factory=dict)
 
     def serving(self) -> list[Worker]:
         """Workers that count towards the desired number: alive and not on their way out."""
         return [w for w in self.workers.values() if w.stopping is None]
+
+    def ready(self) -> bool:
+        """What /readyz says: at least one worker serves and is not on its way out, and no
+        stop has begun (false from the moment TERM, INT or QUIT arrives)."""
+        return self.phase != "stopping" and any(w.ready for w in self.serving())
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -178,6 +203,7 @@ def decide(state: MasterState, event: Event, now: float) -> list[Action]:
     actions: list[Action] = []
     if isinstance(event, Spawned):
         state.spawns_pending = max(state.spawns_pending - 1, 0)
+        state.worker_starts += 1
         state.workers[event.pid] = Worker(event.pid, event.generation, now, now)
     elif isinstance(event, SpawnFailed):
         state.spawns_pending = max(state.spawns_pending - 1, 0)
@@ -255,6 +281,8 @@ def _on_exit(state: MasterState, event: Exited, now: float, actions: list[Action
     worker = state.workers.pop(event.pid, None)
     if worker is None:
         return  # not ours: an orphan reaped by PID 1
+    cause: ExitCause = worker.stopping or "crash"
+    state.worker_exits[cause] = state.worker_exits.get(cause, 0) + 1
     how = (
         f"killed by signal {signal.Signals(event.signal).name}"
         if event.signal is not None
@@ -285,7 +313,19 @@ def _back_off(state: MasterState, now: float) -> None:
 
 def _on_signal(state: MasterState, signum: int, now: float, actions: list[Action]) -> None:
     if signum == signal.SIGTERM:
-        if state.phase != "stopping":
+        if state.phase != "stopping" and state.shutdown_delay_s > 0:
+            # /readyz turns 503 now; the workers keep serving until stop_at (_on_time).
+            actions.append(
+                Log(
+                    "info",
+                    f"stopping in {state.shutdown_delay_s:g} s (shutdown_delay_s): not ready, "
+                    "still serving",
+                )
+            )
+            actions.append(Notify(("STOPPING=1",)))
+            state.phase = "stopping"
+            state.stop_at = now + state.shutdown_delay_s
+        elif state.phase != "stopping":
             actions.append(Log("info", "stopping: finishing requests in progress"))
             _begin_stop(state, now, signal.SIGTERM, actions)
     elif signum in (signal.SIGINT, signal.SIGQUIT):
@@ -332,6 +372,7 @@ def _begin_stop(
     if state.phase != "stopping":
         actions.append(Notify(("STOPPING=1",)))
     state.phase = "stopping"
+    state.stop_at = None
     if exit_code is not None:
         state.exit_code = exit_code
     grace = FAST_STOP_S if fast else state.graceful_timeout_s + DUMP_GRACE_S
@@ -346,6 +387,9 @@ def _begin_stop(
 
 def _on_time(state: MasterState, now: float, actions: list[Action]) -> None:
     if state.phase == "stopping":
+        if state.stop_at is not None and now >= state.stop_at:
+            actions.append(Log("info", "stopping: finishing requests in progress"))
+            _begin_stop(state, now, signal.SIGTERM, actions)
         if not state.workers and not state.spawns_pending:
             actions.append(Exit(state.exit_code))
         elif state.stop_deadline is not None and now >= state.stop_deadline:
