@@ -246,12 +246,15 @@ def test_dockerfile_base_images_are_pinned(dockerfile: list[Instruction]) -> Non
         )
 
 
-def test_dockerfile_healthcheck_port_is_the_bind_port(dockerfile: list[Instruction]) -> None:
+def test_dockerfile_healthcheck_asks_the_admin_listener(dockerfile: list[Instruction]) -> None:
     stage = _runtime_stage(dockerfile)
     config = hardserve_config(_exec_form(_one(stage, "CMD")))
     assert config.bind == ("0.0.0.0:8000",), config.bind
     port = _bind_port(config.bind[0])
     assert _one(stage, "EXPOSE").args == str(port)
+    # The admin listener stays inside the container (loopback): only the check reads it.
+    assert config.admin_bind == "127.0.0.1:9191", config.admin_bind
+    admin_port = _bind_port(config.admin_bind)
 
     options, command = _healthcheck(_one(stage, "HEALTHCHECK"))
     # No curl or wget in a slim image: the image's own Python does the check.
@@ -259,7 +262,7 @@ def test_dockerfile_healthcheck_port_is_the_bind_port(dockerfile: list[Instructi
     urls = re.findall(r"https?://[^'\"\s]+", " ".join(command))
     assert len(urls) == 1, command
     url = urlsplit(urls[0])
-    assert (url.hostname, url.port) == ("127.0.0.1", port), urls[0]
+    assert (url.hostname, url.port, url.path) == ("127.0.0.1", admin_port, "/livez"), urls[0]
     # The request gives up before Docker abandons the check, so a hung server reads as
     # unhealthy rather than as a check that timed out.
     request_timeout = re.search(r"timeout=(\d+(?:\.\d+)?)", " ".join(command))
@@ -412,7 +415,7 @@ def _probes(container: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         yield kind, container[kind]
 
 
-def test_probe_ports_are_the_container_port_and_the_bind_port(
+def test_probe_ports_are_the_admin_port_and_the_service_the_bind_port(
     manifests: dict[str, dict[str, Any]], container: dict[str, Any]
 ) -> None:
     config = hardserve_config(container["args"])
@@ -420,13 +423,26 @@ def test_probe_ports_are_the_container_port_and_the_bind_port(
     bind_port = _bind_port(config.bind[0])
     # The pod's IP, not 127.0.0.1: the kubelet and the Service reach the pod from outside.
     assert config.bind[0].startswith("0.0.0.0:"), config.bind
-    assert [p["containerPort"] for p in container["ports"]] == [bind_port]
+    assert config.admin_bind is not None and config.admin_bind.startswith("0.0.0.0:")
+    admin_port = _bind_port(config.admin_bind)
+    assert admin_port != bind_port
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": bind_port, "admin": admin_port}, ports
+    # /readyz for startup and readiness, /livez for liveness: the master answers them.
+    paths = {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/livez"}
     for kind, probe in _probes(container):
-        handler = probe.get("httpGet") or probe.get("tcpSocket")
-        assert handler, f"{kind}: HTTP GET or TCP on the app's port"
-        assert _port_number(container, handler["port"]) == bind_port, kind
+        handler = probe.get("httpGet")
+        assert handler, f"{kind}: HTTP GET on the admin port"
+        assert _port_number(container, handler["port"]) == admin_port, kind
+        assert handler["path"] == paths[kind], kind
+    # The Service exposes the app's port only, never the admin one.
     service_ports = manifests["service.yaml"]["spec"]["ports"]
     assert [_port_number(container, p["targetPort"]) for p in service_ports] == [bind_port]
+    # Prometheus' annotation-based discovery scrapes the admin port's /metrics.
+    annotations = manifests["deployment.yaml"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == admin_port
+    assert annotations["prometheus.io/path"] == "/metrics"
 
 
 def test_grace_period_covers_prestop_and_graceful_timeout(
