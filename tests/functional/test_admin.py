@@ -197,9 +197,17 @@ def test_ten_requests_across_two_workers_count_exactly_ten() -> None:
         assert sorted(by_label(samples, "hardserve_worker_pid", "worker").values()) == sorted(
             set(pids)
         )
-        # Nothing is counted twice: later scrapes say the same.
-        time.sleep(1.5)  # more snapshots arrive meanwhile (about one a second per worker)
-        assert value(admin.scrape(), "hardserve_requests_total") == sent
+        # Nothing is counted twice: after every worker has sent another snapshot, the same.
+        counted_at = time.monotonic()
+
+        def every_worker_reported_since() -> Samples | None:
+            samples = admin.scrape()
+            elapsed = time.monotonic() - counted_at
+            ages = by_label(samples, "hardserve_worker_snapshot_age_seconds", "worker")
+            return samples if len(ages) == 2 and max(ages.values()) < elapsed - 0.1 else None
+
+        later = wait_for("a new snapshot from each worker", every_worker_reported_since)
+        assert value(later, "hardserve_requests_total") == sent
 
 
 def test_a_worker_killed_under_scrapes_keeps_the_counters_and_loses_its_gauges() -> None:
@@ -247,7 +255,11 @@ def test_a_worker_killed_under_scrapes_keeps_the_counters_and_loses_its_gauges()
         pids = by_label(after, "hardserve_worker_pid", "worker")
         assert victim not in pids.values()
         assert len(pids) == 2  # the replacement took the dead worker's slot
-        for name in ("hardserve_pool_threads", "hardserve_worker_heartbeat_age_seconds"):
+        for name in (
+            "hardserve_pool_threads",
+            "hardserve_worker_heartbeat_age_seconds",
+            "hardserve_worker_snapshot_age_seconds",
+        ):
             assert set(by_label(after, name, "worker")) <= set(pids), name
 
 
@@ -449,3 +461,28 @@ def test_without_admin_bind_the_startup_says_where_to_turn_it_on() -> None:
             "metrics and health: off (--admin-bind ADDRESS serves them)" in line
             for line in server.stderr_lines
         )
+
+
+def test_hup_reads_the_token_file_again_and_a_bad_one_keeps_the_token(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    rotated = "rotated-admin-token-0123456789"
+
+    def status_with(token: str) -> int:
+        return admin.get("/metrics", {"Authorization": f"Bearer {token}"})[0]
+
+    with admin_server("--admin-token-file", str(token_file)) as admin:
+        assert status_with(TOKEN) == 200
+        token_file.write_text(rotated + "\n")
+        admin.server.process.send_signal(signal.SIGHUP)
+        wait_for("the rotated token", lambda: status_with(rotated) == 200)
+        assert status_with(TOKEN) == 401
+        token_file.write_text("tiny-tok\n")  # not a token: the running one stays
+        admin.server.process.send_signal(signal.SIGHUP)
+        wait_for(
+            "the reload's complaint",
+            lambda: "reload: admin token not changed" in "".join(admin.server.stderr_lines),
+        )
+        assert status_with(rotated) == 200
+        log = "".join(admin.server.stderr_lines)
+        assert TOKEN not in log and rotated not in log and "tiny-tok" not in log

@@ -243,3 +243,21 @@ def test_fixed_label_sets_are_shown_at_zero_from_the_start() -> None:
     assert got[("hardserve_pool_wait_seconds_count", ())] == 0
     # No worker: no per-worker series at all.
     assert not [name for name, labels in got if dict(labels).get("worker") is not None]
+
+
+def test_snapshot_age_only_for_workers_that_sent_one() -> None:
+    aggregate = Aggregate()
+    aggregate.update(11, worker_snapshot(1))
+    workers = [
+        WorkerFacts(slot=0, pid=11, ready=True, heartbeat_age_s=0.2, snapshot_age_s=0.7),
+        WorkerFacts(slot=1, pid=12, ready=False, heartbeat_age_s=0.1),  # just started
+    ]
+    got = samples(render(facts_for(aggregate, workers=workers))[0])
+    ages = {
+        dict(labels)["worker"]: age
+        for (name, labels), age in got.items()
+        if name == "hardserve_worker_snapshot_age_seconds"
+    }
+    assert ages == {"0": 0.7}
+    assert got[("hardserve_workers", (("state", "ready"),))] == 1
+    assert got[("hardserve_worker_heartbeat_age_seconds", (("worker", "1"),))] == 0.1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import select
@@ -97,6 +98,7 @@ class Arbiter:
         # Each live worker's slot (0, 1, ...: the lowest free when it started), the `worker`
         # label of its metrics: a replacement takes its predecessor's series.
         self._slots: dict[int, int] = {}
+        self._snapshot_at: dict[int, float] = {}  # pid -> when its last snapshot arrived
         self.started_at = time.time()
         # The admin listener (/metrics, /livez, /readyz), served by this loop.
         self.admin: AdminServer | None = None
@@ -195,6 +197,7 @@ class Arbiter:
             _log.warning("worker %d sent a stats snapshot that cannot be read: %s", pid, exc)
             return
         self.stats.update(pid, snapshot)
+        self._snapshot_at[pid] = time.monotonic()
 
     def _reap(self) -> list[policy.Event]:
         events: list[policy.Event] = []
@@ -212,6 +215,7 @@ class Arbiter:
                     self._close_pipe(fd)
             self.stats.worker_gone(pid)
             self._slots.pop(pid, None)
+            self._snapshot_at.pop(pid, None)
             if os.WIFSIGNALED(status):
                 events.append(policy.Exited(pid, None, os.WTERMSIG(status)))
             else:
@@ -308,6 +312,12 @@ class Arbiter:
         except Exception as exc:  # a broken file must not stop a running server
             _log.error("reload: configuration not changed: %s", exc)
             return
+        if config.admin_bind != self.config.admin_bind:
+            _log.warning(
+                "reload: admin_bind changed; the admin listener stays at %s until a restart",
+                self.config.admin_bind or "off",
+            )
+            config = dataclasses.replace(config, admin_bind=self.config.admin_bind)
         self.config = config
         self.state.desired = config.workers
         self.state.timeout_s = config.timeout_s
@@ -346,6 +356,7 @@ class Arbiter:
                 pid=pid,
                 ready=worker.ready and worker.stopping is None,
                 heartbeat_age_s=now - worker.last_seen,
+                snapshot_age_s=(now - self._snapshot_at[pid] if pid in self._snapshot_at else None),
             )
             for pid, worker in sorted(self.state.workers.items())
             if pid in self._slots

@@ -59,6 +59,7 @@ class WorkerFacts:
     pid: int
     ready: bool
     heartbeat_age_s: float
+    snapshot_age_s: float | None = None  # None until its first stats snapshot
 
 
 @dataclass
@@ -254,10 +255,19 @@ def _worker_gauges(facts: MasterFacts) -> Iterator[Metric]:
     pid = GaugeMetricFamily(
         PREFIX + "worker_pid", "The process id of the worker in each slot.", labels=["worker"]
     )
+    snapshot = GaugeMetricFamily(
+        PREFIX + "worker_snapshot_age_seconds",
+        "Seconds since the worker's last stats snapshot: how old its part of the other "
+        "metrics is (about 1 s at most when healthy).",
+        labels=["worker"],
+    )
     for worker in facts.workers:
         age.add_metric([str(worker.slot)], max(worker.heartbeat_age_s, 0.0))
         pid.add_metric([str(worker.slot)], worker.pid)
+        if worker.snapshot_age_s is not None:
+            snapshot.add_metric([str(worker.slot)], max(worker.snapshot_age_s, 0.0))
     yield age
+    yield snapshot
     yield pid
 
 
