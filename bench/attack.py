@@ -234,7 +234,13 @@ async def run_idle(args: argparse.Namespace) -> None:
     await asyncio.gather(*(one(addresses.next()) for _ in range(args.count)))
     # A moment for the server to finish the bookkeeping of the last answers.
     await asyncio.sleep(args.settle)
-    _emit("READY", dict(stats) | {"ramp_s": round(time.monotonic() - started, 2)})
+    # The connections the server still holds when its memory is read (a server without an
+    # idle timeout setting may have closed some already).
+    open_now = sum(_tcp_state(sock) == TCP_ESTABLISHED for sock in socks)
+    _emit(
+        "READY",
+        dict(stats) | {"ramp_s": round(time.monotonic() - started, 2), "open": open_now},
+    )
     await _stdin_closed()
     still_open = sum(_tcp_state(sock) == TCP_ESTABLISHED for sock in socks)
     _emit("DONE", dict(stats) | {"still_open": still_open})

@@ -343,11 +343,22 @@ class Run:
         return self.cpu_s * 1e6 / self.ok_requests if self.ok_requests else float("nan")
 
 
-def run_wrk(argv: list[str], cores: str | None = CLIENT_CORE) -> tuple[dict[str, int], float]:
-    """Runs wrk on the client core (None: anywhere); its JSON summary and its CPU seconds."""
+def run_wrk(
+    argv: list[str], cores: str | None = CLIENT_CORE, timeout_s: float | None = None
+) -> tuple[dict[str, int], float]:
+    """Runs wrk on the client core (None: anywhere); its JSON summary and its CPU seconds.
+
+    With timeout_s, a wrk still running after it is killed and RuntimeError raised: a wrk
+    whose connections wait in a full backlog retries its SYNs for minutes before it gives up.
+    """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     pinning = ["taskset", "-c", cores] if cores is not None else []
-    completed = subprocess.run([*pinning, *argv], capture_output=True, text=True, check=False)
+    try:
+        completed = subprocess.run(
+            [*pinning, *argv], capture_output=True, text=True, check=False, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"wrk did not finish in {timeout_s:g} s (no connection served)") from exc
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next((ln for ln in completed.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if completed.returncode != 0 or line is None:

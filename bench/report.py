@@ -474,7 +474,7 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         "is at most 100 µs for hello.",
         "",
     ]
-    lines += overview_table(summary)
+    lines += [*overview_table(summary), ""]
     lines += scenario_sections(
         scenarios, options["duration_s"], raw.get("idle_connections", IDLE_CONNECTIONS)
     )

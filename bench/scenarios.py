@@ -98,11 +98,11 @@ def load(
     """One warm-up and one measured wrk load of hello with keep-alive."""
     settle(server, settling)
     if warmup_s:
-        run_wrk(_wrk_argv(server, connections, threads, warmup_s), cores)
+        run_wrk(_wrk_argv(server, connections, threads, warmup_s), cores, warmup_s + 15)
         settle(server, settling)
     argv = _wrk_argv(server, connections, threads, duration_s)
     before = server.cpu_ticks()
-    summary, client_cpu = run_wrk(argv, cores)
+    summary, client_cpu = run_wrk(argv, cores, duration_s + 15)
     cpu_s = (server.cpu_ticks() - before) / CLK_TCK
     ok = summary["requests"] - summary["status_errors"]
     duration = summary["duration_us"] / 1e6
@@ -285,7 +285,7 @@ def workers(ctx: Context) -> list[dict[str, Any]]:
                     server,
                     duration_s=ctx.duration_s,
                     warmup_s=ctx.warmup_s,
-                    connections=128,
+                    connections=64,
                     threads=2,
                     cores=None,
                     settling=ctx.settling,
@@ -328,7 +328,11 @@ def memory(ctx: Context) -> list[dict[str, Any]]:
                 record["client_done"] = holder.done()
                 if server.process.poll() is not None:
                     raise RuntimeError(f"{name} exited with {server.process.returncode}")
-                answered = record["client_ready"].get("answered", 0)
+                # Connections answered and still open when the RSS was read.
+                answered = min(
+                    record["client_ready"].get("answered", 0),
+                    record["client_ready"].get("open", IDLE_CONNECTIONS),
+                )
                 delta_kib = record["held"]["rss_kib"] - record["idle"]["rss_kib"]
                 record["bytes_per_connection"] = (
                     delta_kib * 1024 / answered if answered else float("nan")
@@ -350,12 +354,53 @@ def memory(ctx: Context) -> list[dict[str, Any]]:
     return records
 
 
+# The attack as the goal states it, then each half alone, to tell which one costs what.
+ATTACK_PHASES = (
+    ("attacked", SLOWLORIS, SLOW_READERS),
+    ("slowloris_only", SLOWLORIS, 0),
+    ("slow_readers_only", 0, SLOW_READERS),
+)
+
+
+def _attacked_load(
+    ctx: Context, server: Server, slowloris: int, slow_readers: int
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, int]]:
+    """Holds the attackers open, loads hello meanwhile; (load, ready, done, worker memory)."""
+    holder = Holder(
+        [
+            "slow",
+            "--port",
+            str(server.port),
+            "--slowloris",
+            str(slowloris),
+            "--slow-readers",
+            str(slow_readers),
+            "--per-address",
+            str(PER_ADDRESS),
+            "--ramp-timeout",
+            "10" if ctx.quick else "20",
+        ]
+    )
+    try:
+        ready = holder.ready()
+        # The server is busy with the attackers: waiting for it to go quiet is moot.
+        try:
+            result = load(server, duration_s=ctx.duration_s, warmup_s=ctx.warmup_s, settling=False)
+        except RuntimeError as exc:
+            # wrk gave no summary at all: nothing was served.
+            result = {"rps": 0.0, "failure": str(exc)}
+        memory = server.worker_memory()
+        done = holder.done()
+    finally:
+        holder.kill()
+    return result, ready, done, memory
+
+
 def attack(ctx: Context) -> list[dict[str, Any]]:
     records = []
     for round_no in range(1, ctx.rounds + 1):
         for name in ctx.wanted(ATTACK_SERVERS):
             server, record = ctx.start("attack", name, "attack", round_no)
-            holder = None
             try:
                 server.wait_ready()
                 sanity_check(server)
@@ -365,48 +410,31 @@ def attack(ctx: Context) -> list[dict[str, Any]]:
                     warmup_s=ctx.warmup_s,
                     settling=ctx.settling,
                 )
-                holder = Holder(
-                    [
-                        "slow",
-                        "--port",
-                        str(server.port),
-                        "--slowloris",
-                        str(SLOWLORIS),
-                        "--slow-readers",
-                        str(SLOW_READERS),
-                        "--per-address",
-                        str(PER_ADDRESS),
-                        "--ramp-timeout",
-                        "10" if ctx.quick else "20",
-                    ]
-                )
-                record["attack_ready"] = holder.ready()
-                # The server is busy with the attackers: waiting for it to go quiet is moot.
-                try:
-                    record["attacked"] = load(
-                        server,
-                        duration_s=ctx.duration_s,
-                        warmup_s=ctx.warmup_s,
-                        settling=False,
-                    )
-                except RuntimeError as exc:
-                    # wrk gave no summary at all: nothing was served.
-                    record["attacked"] = {"rps": 0.0, "failure": str(exc)}
-                record["attacked_memory"] = server.worker_memory()
-                record["attack_done"] = holder.done()
                 base = record["unloaded"]["rps"]
-                record["ratio"] = record["attacked"]["rps"] / base if base else float("nan")
+                for key, slowloris, slow_readers in ATTACK_PHASES:
+                    result, ready, done, memory = _attacked_load(
+                        ctx, server, slowloris, slow_readers
+                    )
+                    suffix = "" if key == "attacked" else "_" + key
+                    record[key] = result
+                    record["attack_ready" + suffix] = ready
+                    record["attack_done" + suffix] = done
+                    record["attacked_memory" + suffix] = memory
+                    record["ratio" + suffix] = result["rps"] / base if base else float("nan")
+                    # Let the server finish with the attackers before the next phase.
+                    settle(server, ctx.settling)
                 _say(
                     record,
-                    f"{base:8.0f} req/s unloaded, {record['attacked']['rps']:8.0f} under attack "
-                    f"({record['ratio']:.2f}); attackers {record['attack_ready']}",
+                    f"{base:8.0f} req/s unloaded; under attack {record['attacked']['rps']:8.0f} "
+                    f"({record['ratio']:.2f}), slowloris only "
+                    f"{record['ratio_slowloris_only']:.2f}, slow readers only "
+                    f"{record['ratio_slow_readers_only']:.2f}; attackers "
+                    f"{record['attack_ready']}",
                 )
             except _FAILURES as exc:
                 record["failure"] = f"{type(exc).__name__}: {exc}"
                 _say(record, f"FAILED {exc}")
             finally:
-                if holder is not None:
-                    holder.kill()
                 _finish(server, record)
                 records.append(record)
     return records
