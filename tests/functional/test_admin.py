@@ -486,3 +486,36 @@ def test_hup_reads_the_token_file_again_and_a_bad_one_keeps_the_token(tmp_path: 
         assert status_with(rotated) == 200
         log = "".join(admin.server.stderr_lines)
         assert TOKEN not in log and rotated not in log and "tiny-tok" not in log
+
+
+def _listening_inode(port: int) -> str:
+    """The inode of the TCP socket listening on 127.0.0.1:`port` (/proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            return inode
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target[len("socket:[") : -1])
+    return found
+
+
+def test_workers_do_not_inherit_the_admin_listener() -> None:
+    with admin_server("--workers", "2") as admin:
+        samples = scrape_until(
+            admin, "two workers", lambda s: value(s, "hardserve_workers", state="ready") == 2
+        )
+        inode = _listening_inode(admin.port)
+        assert inode in _socket_inodes(admin.server.process.pid)  # the master holds it
+        for pid in by_label(samples, "hardserve_worker_pid", "worker").values():
+            assert inode not in _socket_inodes(int(pid)), f"worker {int(pid)} holds it"
