@@ -1,9 +1,11 @@
-"""Side-by-side load benchmark of hardserve, gunicorn (gthread) and waitress.
+"""Side-by-side load benchmark of hardserve, gunicorn (gthread), waitress and granian.
 
 Each round starts every server once per app, one after the other, and loads it with wrk in
-both connection modes; the medians over the rounds go to bench/RESULTS.md and
-bench/results.png, every single run to bench/out/results-*.json. Run through bench/run.sh,
-which installs the tools; `python -m bench.bench --help` lists the options.
+both connection modes (the matrix); then come the scenarios of issue 7 (bench/scenarios.py:
+1,024 connections, two workers, idle memory, slowloris and slow readers). The medians over
+the rounds go to bench/RESULTS.md, bench/results.png and bench/goals.png, every single run to
+bench/out/results-*.json. Run through bench/run.sh, which installs the tools;
+`python -m bench.bench --help` lists the options.
 
 The server runs on core 0 and wrk on core 1, so neither steals the other's CPU. Server CPU is
 read from /proc (utime + stime of the server's whole process tree) around each measured wrk
@@ -607,7 +609,7 @@ def environment() -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="one round of 2 s per case (about 2.5 minutes)"
+        "--quick", action="store_true", help="one round of 2 s per case (about 8 minutes)"
     )
     parser.add_argument("--rounds", type=int, help="rounds over all servers (default 3)")
     parser.add_argument("--duration", type=int, help="seconds of each measured load (default 3)")

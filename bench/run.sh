@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # `make bench`: installs the benchmark's own tools, then runs the driver.
 #
-# hardserve is installed editable from this checkout into bench/.venv, beside gunicorn and
-# waitress, so the three servers run on the same interpreter with the same site-packages.
+# hardserve is installed editable from this checkout into bench/.venv, beside gunicorn,
+# waitress and granian, so the servers run on the same interpreter with the same site-packages.
 # The driver copies src/hardserve at the start of a run and serves that copy, so edits made
 # while it runs do not mix two versions into one set of results.
 #
-# Usage: bench/run.sh [--quick] [--rounds N] [--duration S] [--apps A,B] [--servers S,T]; --help
-# lists the rest. A full run takes about 9 minutes, --quick about 2.5.
+# Usage: bench/run.sh [--quick] [--rounds N] [--duration S] [--apps A,B] [--servers S,T]
+# [--scenarios matrix,concurrency,workers,memory,attack]; --help lists the rest. A full run
+# takes about 25 minutes on 2 cores, --quick (one short round) about 8.
 set -euo pipefail
 bench_dir="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$bench_dir")"
