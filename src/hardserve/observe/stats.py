@@ -12,12 +12,35 @@ worker killed without warning loses at most what it counted since its last snaps
 
 observe/metrics.py turns the master's `Aggregate` into Prometheus text; nothing here imports
 prometheus_client.
+
+Where a worker counts (worker/):
+- `requests`, `request_duration`: once per access-log line (`WorkerShared.request_finished`):
+  every request whose head was read and that went to the app, or was queued for it, however it
+  ended (answered, cut, withdrawn because its client left, shed from the queue). The status
+  label is the status sent, as the access log shows it: the app's, the server's 500 or 408 when
+  the app failed before its head, 503 when shed from the queue; `none` when none was sent. The
+  refusals the server answers before a request reaches the pool (a malformed head's 400, a 408,
+  a 503 at admission) are not access-logged and are counted in `refusals`, not here.
+- `refusals` (and the `timeouts` and `shed` that follow from a reason code): every refusal, at
+  the one place that writes its security-log line (`WorkerShared.refused`).
+- `timeouts["keepalive"]`: an idle connection closed by its keep-alive timeout (one that never
+  sent a request too); `timeouts["request"]`: a request reported overdue (request_timeout_s).
+- `connections_accepted`: every connection the loop accepted (after the TLS handshake on a TLS
+  listener), the ones closed at once by a cap included.
+- `keepalive_reused`: requests counted in `requests` whose connection had served a response
+  before.
+- `bytes_received`: every byte read from clients (heads, bodies, PROXY headers, bytes discarded
+  while draining or lingering); `bytes_sent`: every byte handed to a transport or sent with
+  sendfile (heads, bodies, 100 Continue, the server's own answers). Under TLS both are the
+  plaintext bytes.
+- `queue_wait`: for each request a pool thread started, the time from its submission to the
+  pool to the thread starting it; observed on the loop when the request ends.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -52,6 +75,8 @@ QUEUE_WAIT_BUCKETS_S: tuple[float, ...] = (
     5.0,
     10.0,
 )
+_FIRST_DURATION_BOUND_S = DURATION_BUCKETS_S[0]
+_FIRST_QUEUE_WAIT_BOUND_S = QUEUE_WAIT_BUCKETS_S[0]
 HISTOGRAM_BUCKETS: dict[str, tuple[float, ...]] = {
     "request_duration": DURATION_BUCKETS_S,
     "queue_wait": QUEUE_WAIT_BUCKETS_S,
@@ -111,7 +136,7 @@ class Histogram:
 
     def observe(self, value: float) -> None:
         # bisect_left: a value equal to a bound belongs to that bound's bucket (le = "<=").
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
     def as_list(self) -> list[float]:
@@ -122,6 +147,7 @@ class WorkerStats:
     """A worker's numbers. Changed only on the worker's event loop thread."""
 
     __slots__ = (
+        "_duration_of",
         "bytes_received",
         "bytes_sent",
         "connections_accepted",
@@ -145,6 +171,10 @@ class WorkerStats:
         self.shed: dict[str, int] = {}
         self.request_duration: dict[str, Histogram] = {}  # "METHOD|2xx" -> histogram
         self.queue_wait = Histogram(QUEUE_WAIT_BUCKETS_S)
+        # (method as given, status) -> its histogram in request_duration: the label key is built
+        # once per pair, not per request. Only known methods are kept, so the client cannot grow
+        # it (statuses are three digits).
+        self._duration_of: dict[tuple[str | bytes, int], Histogram] = {}
 
     def refused(self, code: str) -> None:
         """One refusal (an http/reasons.py code): counted, and as a timeout or load shedding
@@ -161,13 +191,56 @@ class WorkerStats:
         reported overdue)."""
         self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
 
-    def request_done(self, method: str, status: int, duration_s: float) -> None:
+    def request_done(self, method: str | bytes, status: int, duration_s: float) -> None:
+        """One finished request; `method` as text or as the bytes of the request line."""
         self.requests += 1
-        key = method_label(method) + SEP + status_class(status)
+        histogram = self._duration_of.get((method, status))
+        if histogram is None:
+            histogram = self._duration_histogram(method, status)
+        histogram.observe(duration_s)
+
+    def request_served(
+        self,
+        method: str | bytes,
+        status: int,
+        duration_s: float,
+        queue_wait_s: float | None,
+        reused: bool,
+    ) -> None:
+        """The worker's one call per finished request: request_done, its wait for a pool
+        thread (None when no thread started it) and keep-alive reuse. The histograms are updated
+        here without further calls: this runs once per request on the loop."""
+        self.requests += 1
+        if reused:
+            self.keepalive_reused += 1
+        histogram = self._duration_of.get((method, status))
+        if histogram is None:
+            histogram = self._duration_histogram(method, status)
+        # Most values fall in the first bucket: one comparison instead of a bisection (the same
+        # bucket: bisect_left gives 0 exactly when the value is <= the first bound).
+        if duration_s <= _FIRST_DURATION_BOUND_S:
+            histogram.counts[0] += 1
+        else:
+            histogram.counts[bisect_left(DURATION_BUCKETS_S, duration_s)] += 1
+        histogram.total += duration_s
+        if queue_wait_s is not None:
+            waits = self.queue_wait
+            if queue_wait_s <= _FIRST_QUEUE_WAIT_BOUND_S:
+                waits.counts[0] += 1
+            else:
+                waits.counts[bisect_left(QUEUE_WAIT_BUCKETS_S, queue_wait_s)] += 1
+            waits.total += queue_wait_s
+
+    def _duration_histogram(self, method: str | bytes, status: int) -> Histogram:
+        text = method.decode("latin-1") if isinstance(method, bytes) else method
+        label = method_label(text)
+        key = label + SEP + status_class(status)
         histogram = self.request_duration.get(key)
         if histogram is None:
             histogram = self.request_duration[key] = Histogram(DURATION_BUCKETS_S)
-        histogram.observe(duration_s)
+        if label != "other" and len(self._duration_of) < 4096:
+            self._duration_of[(method, status)] = histogram
+        return histogram
 
     def snapshot(self, gauges: Mapping[str, float]) -> Snapshot:
         return Snapshot(

@@ -38,12 +38,15 @@ class Pool:
         self._to_loop: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self._wake_lock = threading.Lock()
         self._wake_pending = False
+        # One byte per thread, 1 while it runs a job: each thread writes only its own byte (an
+        # atomic store, no lock), and the loop counts them when it reports.
+        self._busy = bytearray(threads)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         for index in range(self.size):
             thread = threading.Thread(
-                target=self._work, name=f"hardserve-pool-{index}", daemon=True
+                target=self._work, args=(index,), name=f"hardserve-pool-{index}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
@@ -60,6 +63,17 @@ class Pool:
 
     def job_done(self) -> None:
         self.in_flight -= 1
+
+    @property
+    def busy(self) -> int:
+        """Threads running a job at this moment."""
+        return self._busy.count(1)
+
+    @property
+    def queued(self) -> int:
+        """Jobs no thread has taken yet (a withdrawn call among them until a thread drops it,
+        which a free thread does at once)."""
+        return self._jobs.qsize()
 
     def stop(self, timeout: float | None = None) -> None:
         for _ in self._threads:
@@ -92,13 +106,16 @@ class Pool:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._drain_to_loop)
 
-    def _work(self) -> None:
+    def _work(self, index: int) -> None:
         jobs = self._jobs
+        busy = self._busy
         while True:
             job = jobs.get()
             if job is None:
                 return
+            busy[index] = 1
             try:
                 job()
             except BaseException:  # a job must never kill its thread
                 _log.exception("unhandled error in a pool thread")
+            busy[index] = 0
