@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import ast
+import asyncio
+import sys
+import threading
+from pathlib import Path
+
 import pytest
 
 from hardserve.http import reasons
 from hardserve.observe.stats import (
     DURATION_BUCKETS_S,
+    GAUGES,
     SHED_REASONS,
     TIMEOUT_KIND_OF_REASON,
     TIMEOUT_KINDS,
@@ -121,3 +128,124 @@ def test_a_later_snapshot_replaces_the_earlier_one() -> None:
     aggregate.worker_gone(101)
     aggregate.worker_gone(101)  # twice: nothing more is added
     assert aggregate.totals().counters["requests"] == {"": 9}
+
+
+def test_a_method_as_bytes_counts_under_the_same_label_as_text() -> None:
+    stats = WorkerStats()
+    stats.request_done(b"GET", 200, 0.001)
+    stats.request_done("GET", 204, 0.001)
+    stats.request_done(b"GET", 0, 0.001)
+    stats.request_done(b"BREW", 418, 0.001)
+    series = stats.request_duration
+    assert {key: sum(h.counts) for key, h in series.items()} == {
+        "GET|2xx": 2,
+        "GET|none": 1,
+        "other|4xx": 1,
+    }
+    assert stats.requests == 4
+
+
+def test_methods_a_client_makes_up_do_not_grow_the_workers_memory() -> None:
+    stats = WorkerStats()
+    for index in range(10_000):
+        stats.request_done(b"M%d" % index, 200, 0.001)
+    assert list(stats.request_duration) == ["other|2xx"]
+    assert sum(stats.request_duration["other|2xx"].counts) == 10_000
+    assert stats.snapshot({}).counters["requests"] == {"": 10_000}
+
+
+# -- the worker's side: where the numbers are counted ----------------------------------------------
+
+WORKER = Path(__file__).resolve().parents[2] / "src" / "hardserve" / "worker"
+
+
+def _calls_of(name: str) -> tuple[int, list[tuple[str, str]]]:
+    """How many calls of `name` there are in worker/, and (module, function) of each call
+    made directly inside a function definition."""
+    total = 0
+    sites: list[tuple[str, str]] = []
+
+    def called(node: ast.AST) -> bool:
+        if not isinstance(node, ast.Call):
+            return False
+        callee = node.func
+        return (isinstance(callee, ast.Name) and callee.id == name) or (
+            isinstance(callee, ast.Attribute) and callee.attr == name
+        )
+
+    for path in sorted(WORKER.glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        total += sum(called(node) for node in ast.walk(tree))
+        for function in ast.walk(tree):
+            if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                inner = [n for n in function.body for n in ast.walk(n)]
+                sites += [(path.name, function.name) for node in inner if called(node)]
+    return total, sites
+
+
+def test_every_refusal_the_worker_logs_is_counted() -> None:
+    # The one security-log line of a refusal is written by WorkerShared.refused, which counts
+    # it; every refusal site of the worker goes through it.
+    total, sites = _calls_of("log_refusal")
+    assert total == 1
+    assert sites == [("server.py", "refused")]
+    assert len(_calls_of("refused")[1]) >= 3  # the connection's sites and admit_client
+
+
+def test_a_snapshot_carries_exactly_the_gauges_the_master_expects() -> None:
+    from hardserve.settings import Config
+    from hardserve.worker.pool import Pool
+    from hardserve.worker.server import WorkerShared
+
+    pool = Pool(3, 5)
+    shared = WorkerShared(lambda environ, start_response: [], Config(), pool, sys.stderr)
+    gauges = shared.gauges()
+    assert tuple(gauges) == GAUGES
+    assert gauges == {
+        "connections_open": 0,
+        "requests_in_flight": 0,
+        "pool_threads": 3,
+        "pool_busy": 0,
+        "pool_queued": 0,
+    }
+
+
+def test_the_pool_counts_its_busy_threads_and_its_queue() -> None:
+    from hardserve.worker.pool import Pool
+
+    pool = Pool(2, 10)
+    loop = asyncio.new_event_loop()
+    entered = threading.Semaphore(0)
+    release = threading.Event()
+
+    def block() -> None:
+        entered.release()
+        release.wait(10)
+
+    try:
+        pool.start(loop)
+        for _ in range(5):
+            assert pool.submit(block)
+        for _ in range(2):
+            assert entered.acquire(timeout=10)
+        assert (pool.busy, pool.queued, pool.in_flight) == (2, 3, 5)
+        release.set()
+        for _ in range(3):
+            assert entered.acquire(timeout=10)
+    finally:
+        release.set()
+        pool.stop(timeout=10)
+        loop.close()
+    assert (pool.busy, pool.queued) == (0, 0)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.00005, 0.0001, 0.0001001, 0.001, 0.0010001, 0.7, 99.0])
+def test_the_one_call_per_request_counts_as_the_separate_calls_do(value: float) -> None:
+    separate, combined = WorkerStats(), WorkerStats()
+    separate.request_done("GET", 200, value)
+    separate.queue_wait.observe(value)
+    separate.keepalive_reused += 1
+    separate.request_done("POST", 0, value)
+    combined.request_served(b"GET", 200, value, value, True)
+    combined.request_served(b"POST", 0, value, None, False)
+    assert combined.snapshot({}) == separate.snapshot({})

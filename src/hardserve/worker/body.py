@@ -48,7 +48,8 @@ class BodyChannel:
         # Both run on the app's thread and must only hand work to the loop.
         self._resume_reading = resume_reading
         self._first_read = first_read
-        self._on_idle_timeout = on_idle_timeout  # runs on the app's thread: only logs
+        # Runs on the app's thread: only hands the refusal to the loop, which counts and logs it.
+        self._on_idle_timeout = on_idle_timeout
 
     # -- loop side ---------------------------------------------------------------------------
 

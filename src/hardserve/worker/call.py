@@ -92,6 +92,7 @@ class WsgiCall:
         "_sink",
         "_status",
         "overdue_reported",
+        "queued_at",
         "started_at",
         "thread_id",
     )
@@ -109,7 +110,10 @@ class WsgiCall:
         # Taken once, by the pool thread that starts the call or by the loop that cancels it
         # first; list.pop is atomic, so exactly one of them wins.
         self._claim = [True]
-        # Set when a pool thread starts the call; read by the worker's request-timeout check.
+        # Set on the loop when the call is submitted to the pool (time.monotonic()).
+        self.queued_at = 0.0
+        # Set when a pool thread starts the call; read by the worker's request-timeout check,
+        # and on the loop when the request ends (its wait for a thread: started_at - queued_at).
         self.thread_id = 0
         self.started_at = 0.0
         self.overdue_reported = False
@@ -227,6 +231,7 @@ class WsgiCall:
             self._sink.abort("app_error_after_head")
         else:
             self._head_sent = True
+            self._framer.status_code = status  # the status sent, for the access log and stats
             self._sink.finish(self._sink.server_error(status, body), False, "app_error")
 
     def _send_sequence(self, body: list[bytes] | tuple[bytes, ...]) -> None:

@@ -46,7 +46,7 @@ from hardserve.http.response import (
     ResponseFramer,
     error_response,
 )
-from hardserve.observe.logs import incoming_request_id, log_refusal
+from hardserve.observe.logs import incoming_request_id
 from hardserve.worker.body import EMPTY_INPUT, BodyChannel, BodyReadError, InputStream
 from hardserve.worker.call import ClientGone, FileWrapper, Output, WsgiCall, output_size
 
@@ -127,6 +127,7 @@ class WriteGate:
 class HttpConnection(asyncio.Protocol):
     def __init__(self, shared: WorkerShared) -> None:
         self._shared = shared
+        self._stats = shared.stats
         self._limits = shared.config.limits
         self._pool = shared.pool
         self._parser = RequestParser(
@@ -238,6 +239,7 @@ class HttpConnection(asyncio.Protocol):
         self._arm_timer(self._limits.keepalive_timeout_s, self._on_idle_timeout)
 
     def data_received(self, data: bytes) -> None:
+        self._stats.bytes_received += len(data)
         if self._closing:
             return
         if self._proxy_reader is not None:
@@ -498,6 +500,7 @@ class HttpConnection(asyncio.Protocol):
         self._call_deferred = False
         call = self._call
         assert call is not None
+        call.queued_at = time.monotonic()
         if not self._pool.submit(call.run):
             self._call_active = False
             self._call = None
@@ -539,7 +542,10 @@ class HttpConnection(asyncio.Protocol):
         self._end_client_request()
         head = self._head
         if head is not None:
-            self._shared.request_finished(self, head, self._framer, "client_gone_before_start", 0.0)
+            duration = time.monotonic() - self._started_at
+            self._shared.request_finished(
+                self, head, self._framer, "client_gone_before_start", duration
+            )
         if not self._closing:
             self._closing = True
             self._gate.close()
@@ -561,8 +567,12 @@ class HttpConnection(asyncio.Protocol):
         self._release_slot()
         self._end_client_request()
         head = self._head
+        framer = self._framer
         if head is not None:
-            self._shared.request_finished(self, head, self._framer, "queue_timeout", 0.0)
+            if framer is not None:
+                framer.status_code = reasons.QUEUE_TIMEOUT.status  # answered below
+            duration = time.monotonic() - self._started_at
+            self._shared.request_finished(self, head, framer, "queue_timeout", duration)
         waited = f"queued {time.monotonic() - self._started_at:.1f} s"
         self._refuse_now(reasons.QUEUE_TIMEOUT, waited, self._request_line(), retry_after=1)
         if not self._closing:
@@ -575,6 +585,7 @@ class HttpConnection(asyncio.Protocol):
     def _send_continue(self) -> None:
         if self._transport is not None and not self._response_started and not self._continue_sent:
             self._continue_sent = True
+            self._stats.bytes_sent += len(_CONTINUE)
             self._transport.write(_CONTINUE)
             if self._body_window is not None and not self._reading_paused:
                 self._start_body_window()
@@ -678,7 +689,10 @@ class HttpConnection(asyncio.Protocol):
                     if not ready_fds:
                         stalled = wait_s >= timeout
                         reason = reasons.SEND_TIMEOUT if stalled else reasons.SEND_TOO_SLOW
-                        self._log_refusal(reason, f"{sent} file bytes sent", self._request_line())
+                        detail = f"{sent} file bytes sent"
+                        self._pool.call_in_loop(
+                            self._log_refusal, reason, detail, self._request_line()
+                        )
                         _reset_on_close(fd)
                         raise ClientGone(f"client read too slowly ({reason.code})") from None
                     continue
@@ -689,7 +703,13 @@ class HttpConnection(asyncio.Protocol):
                 sent += written
         finally:
             os.close(fd)
+            if sent:
+                self._pool.call_in_loop(self._count_sent, sent)
         return sent
+
+    def _count_sent(self, count: int) -> None:
+        """On the loop: bytes a pool thread sent with sendfile."""
+        self._stats.bytes_sent += count
 
     # -- loop side of the sink ---------------------------------------------------------------
 
@@ -698,6 +718,7 @@ class HttpConnection(asyncio.Protocol):
         if transport is not None and not self._closing:
             self._response_started = True
             self._written += size
+            self._stats.bytes_sent += size
             if isinstance(data, bytes):
                 transport.write(data)
             else:
@@ -728,14 +749,17 @@ class HttpConnection(asyncio.Protocol):
         if isinstance(data, bytes):
             if data:
                 self._written += len(data)
+                self._stats.bytes_sent += len(data)
                 transport.write(data)
         else:
-            self._written += output_size(data)
+            size = output_size(data)
+            self._written += size
+            self._stats.bytes_sent += size
             transport.writelines(data)
-        self.requests_served += 1
         self._shared.request_finished(
-            self, head, self._framer, outcome, time.monotonic() - self._started_at
+            self, head, self._framer, outcome, time.monotonic() - self._started_at, self._call
         )
+        self.requests_served += 1  # after: request_finished counts the requests served before
         if not keep_alive or self._must_close or self._shared.stopping:
             self._close()
             return
@@ -762,7 +786,7 @@ class HttpConnection(asyncio.Protocol):
         head = self._head
         if head is not None:
             self._shared.request_finished(
-                self, head, self._framer, outcome, time.monotonic() - self._started_at
+                self, head, self._framer, outcome, time.monotonic() - self._started_at, self._call
             )
         transport = self._transport
         if transport is not None:
@@ -833,16 +857,16 @@ class HttpConnection(asyncio.Protocol):
             fixed += b"Retry-After: %d\r\n" % retry_after
         body = f"{reason.phrase}: {reason.summary}\n".encode()
         is_head = self._head is not None and self._head.method == b"HEAD"
-        transport.write(
-            error_response(
-                reason.status,
-                reason.phrase,
-                body,
-                fixed_headers=fixed,
-                close=close,
-                is_head=is_head,
-            )
+        response = error_response(
+            reason.status,
+            reason.phrase,
+            body,
+            fixed_headers=fixed,
+            close=close,
+            is_head=is_head,
         )
+        self._stats.bytes_sent += len(response)
+        transport.write(response)
         if close:
             self._close()
         else:
@@ -850,12 +874,15 @@ class HttpConnection(asyncio.Protocol):
             self._next_cycle(process=False)
 
     def _log_body_timeout(self, detail: str) -> None:
-        """On the app's thread, when its wsgi.input read waited body_idle_timeout_s in vain."""
-        self._log_refusal(reasons.BODY_TIMEOUT, detail, self._request_line())
+        """On the app's thread, when its wsgi.input read waited body_idle_timeout_s in vain: the
+        refusal is counted and logged on the loop (the stats are the loop's alone)."""
+        request_line = self._request_line()
+        self._pool.call_in_loop(self._log_refusal, reasons.BODY_TIMEOUT, detail, request_line)
 
     def _log_refusal(self, reason: Reason, detail: str, request_line: bytes) -> None:
+        """On the loop: count the refusal and write its security-log line."""
         request_id = self.request_id if self._head is not None else None
-        log_refusal(reason.code, reason.status, self._peer, request_line, detail, request_id)
+        self._shared.refused(reason, self._peer, request_line, detail, request_id)
 
     # -- timers and closing ------------------------------------------------------------------
 
@@ -1049,6 +1076,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _on_idle_timeout(self) -> None:
         if not self._call_active and self._parser.buffered_bytes == 0:
+            self._stats.timed_out("keepalive")
             self._close()
 
     def _on_head_timeout(self) -> None:

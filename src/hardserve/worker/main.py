@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from hardserve.observe.logs import reopen_files
+from hardserve.observe.stats import WorkerStats
 from hardserve.worker.call import WsgiApp
 from hardserve.worker.heartbeat import BEAT, READY, RETIRING, STUCK, Heartbeat
 from hardserve.worker.pool import Pool
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from hardserve.settings import Config
 
 _log = logging.getLogger("hardserve.error")
+
+# How often a worker sends its stats to the master (with a heartbeat).
+_SNAPSHOT_INTERVAL_S = 1.0
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
@@ -71,6 +75,8 @@ class Worker:
         self._stop: asyncio.Event | None = None
         self._fast_stop = False
         self.ready = threading.Event()
+        # The worker's numbers, sent to the master with the heartbeat (observe/stats.py).
+        self.stats = WorkerStats()
         # Each worker retires after its own number of requests, so they do not all go at once.
         self.max_requests = (
             config.max_requests + random.randint(0, config.max_requests_jitter)
@@ -85,9 +91,21 @@ class Worker:
         try:
             return loop.run_until_complete(self._main(install_signals))
         finally:
+            # Hand-offs the pool threads made while stopping run here, before the last count.
             loop.run_until_complete(loop.shutdown_asyncgens())
+            self._send_snapshot()
             loop.close()
             asyncio.set_event_loop(None)
+
+    def _send_snapshot(self) -> None:
+        """Send the stats to the master; on the loop's thread (the only one that changes them).
+        Sent about once a second, and once more as the worker's last act, so the master's
+        counters are exact after a graceful exit."""
+        heartbeat = self.heartbeat
+        if heartbeat is None:
+            return
+        shared = self.shared
+        heartbeat.send_snapshot(self.stats.snapshot(shared.gauges() if shared else {}))
 
     def stop(self) -> None:
         """Ask for a graceful stop; safe from any thread."""
@@ -105,7 +123,7 @@ class Worker:
         self._stop = asyncio.Event()
         pool = Pool(self.config.threads, self.config.pool_queue_max)
         pool.start(loop)
-        shared = WorkerShared(self.app, self.config, pool, sys.stderr)
+        shared = WorkerShared(self.app, self.config, pool, sys.stderr, self.stats)
         self.shared = shared
         acceptor = await start_servers(loop, shared, self.sockets)
         if install_signals and threading.current_thread() is threading.main_thread():
@@ -141,18 +159,26 @@ class Worker:
     def _beat(
         self, loop: asyncio.AbstractEventLoop, shared: WorkerShared
     ) -> list[asyncio.TimerHandle]:
-        """Tell the master the loop turns, and retire after max_requests. Runs on the loop:
-        a blocked loop stops beating, which is the point."""
+        """Tell the master the loop turns, send it the stats about once a second, and retire
+        after max_requests. Runs on the loop: a blocked loop stops beating, which is the point."""
         timeout = self.config.timeout_s
         interval = min(1.0, timeout / 4) if timeout > 0 else 1.0
         handle: list[asyncio.TimerHandle] = []
         heartbeat = self.heartbeat
         reported_stuck = False
+        # With beats closer than a second, a snapshot goes with the first beat a second after
+        # the last one (half a beat early rather than a whole beat late).
+        snapshot_every = _SNAPSHOT_INTERVAL_S - interval / 2
+        next_snapshot = 0.0
 
         def beat() -> None:
-            nonlocal reported_stuck
+            nonlocal reported_stuck, next_snapshot
             if heartbeat is not None:
                 heartbeat.send(BEAT)
+                now = loop.time()
+                if now >= next_snapshot:
+                    next_snapshot = now + snapshot_every
+                    self._send_snapshot()
                 # A request stuck in the app holds a thread the loop cannot free; the master
                 # replaces the worker (gracefully: its other requests finish).
                 if (

@@ -16,10 +16,12 @@ from hardserve import tls
 from hardserve.http import reasons
 from hardserve.http.forwarded import HeaderFamily, TrustedPeers
 from hardserve.http.parser import RequestHead
+from hardserve.http.reasons import Reason
 from hardserve.http.response import ResponseFramer
 from hardserve.http.target import PathPolicy
 from hardserve.observe.logs import AccessEntry, AccessLog, RequestIds, log_refusal
-from hardserve.worker.call import WsgiApp
+from hardserve.observe.stats import WorkerStats
+from hardserve.worker.call import WsgiApp, WsgiCall
 from hardserve.worker.connection import HttpConnection
 from hardserve.worker.fixed_headers import FixedHeaders
 from hardserve.worker.pool import Pool
@@ -106,7 +108,14 @@ class Acceptor:
 
 
 class WorkerShared:
-    def __init__(self, app: WsgiApp, config: Config, pool: Pool, wsgi_errors: TextIO) -> None:
+    def __init__(
+        self,
+        app: WsgiApp,
+        config: Config,
+        pool: Pool,
+        wsgi_errors: TextIO,
+        stats: WorkerStats | None = None,
+    ) -> None:
         self.app = app
         self.config = config
         self.pool = pool
@@ -122,7 +131,8 @@ class WorkerShared:
         self.request_ids = RequestIds()
         self.connections: set[HttpConnection] = set()
         self.stopping = False
-        self.requests_total = 0
+        # The worker's numbers (observe/stats.py): changed only here, on the loop's thread.
+        self.stats = stats if stats is not None else WorkerStats()
         self._all_closed: asyncio.Event | None = None
         limits = config.limits
         self._connections_max = limits.connections_max
@@ -142,7 +152,37 @@ class WorkerShared:
         # A trusted proxy carries many clients' connections: it is not counted as one client.
         self.uncounted_peer: Callable[[str], bool] = self.forwarders.contains
 
+    @property
+    def requests_total(self) -> int:
+        """Requests finished (access-logged) by this worker."""
+        return self.stats.requests
+
+    def gauges(self) -> dict[str, float]:
+        """The gauges of a stats snapshot (observe/stats.py GAUGES), as they are now."""
+        pool = self.pool
+        return {
+            "connections_open": len(self.connections),
+            "requests_in_flight": pool.in_flight,
+            "pool_threads": pool.size,
+            "pool_busy": pool.busy,
+            "pool_queued": pool.queued,
+        }
+
+    def refused(
+        self,
+        reason: Reason,
+        peer: tuple[str, int] | None,
+        request_line: bytes,
+        detail: str,
+        request_id: str | None = None,
+    ) -> None:
+        """Every refusal of the worker goes through here: counted by its reason code, and its
+        security-log line written. On the loop's thread only."""
+        self.stats.refused(reason.code)
+        log_refusal(reason.code, reason.status, peer, request_line, detail, request_id)
+
     def connection_opened(self, connection: HttpConnection) -> None:
+        self.stats.connections_accepted += 1
         self.connections.add(connection)
         acceptor = self.acceptor
         if len(self.connections) >= self._connections_max and acceptor is not None:
@@ -162,7 +202,7 @@ class WorkerShared:
         address = peer[0]
         count = self._client_connections.get(address, 0)
         if count >= self._client_connections_max:
-            log_refusal(reasons.CLIENT_CONNECTIONS.code, 0, peer, b"", f"{count} connections open")
+            self.refused(reasons.CLIENT_CONNECTIONS, peer, b"", f"{count} connections open")
             return False
         self._client_connections[address] = count + 1
         connection.counted_address = address
@@ -209,8 +249,19 @@ class WorkerShared:
         framer: ResponseFramer | None,
         outcome: str,
         duration_s: float,
+        call: WsgiCall | None = None,
     ) -> None:
-        self.requests_total += 1
+        """A request ended, however it ended: one access-log line, and its numbers. `call` is
+        given when a pool thread ran it (its wait for the thread is counted). The server's own
+        refusals do not come here (they are counted in refused()). `connection.requests_served`
+        does not count this request yet."""
+        self.stats.request_served(
+            head.method,
+            framer.status_code if framer is not None else 0,
+            duration_s,
+            call.started_at - call.queued_at if call is not None and call.started_at else None,
+            connection.requests_served > 0,
+        )
         if _access_log.isEnabledFor(logging.INFO):
             self.access_log.log(
                 AccessEntry(
@@ -235,6 +286,7 @@ class WorkerShared:
             if call is None or call.overdue_reported or now - call.started_at < timeout:
                 continue
             call.overdue_reported = True
+            self.stats.timed_out("request")
             if frames is None:
                 frames = sys._current_frames()
             frame = frames.get(call.thread_id)
