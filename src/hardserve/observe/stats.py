@@ -14,13 +14,14 @@ observe/metrics.py turns the master's `Aggregate` into Prometheus text; nothing 
 prometheus_client.
 
 Where a worker counts (worker/):
-- `requests`, `request_duration`: once per access-log line (`WorkerShared.request_finished`):
-  every request whose head was read and that went to the app, or was queued for it, however it
-  ended (answered, cut, withdrawn because its client left, shed from the queue). The status
-  label is the status sent, as the access log shows it: the app's, the server's 500 or 408 when
-  the app failed before its head, 503 when shed from the queue; `none` when none was sent. The
-  refusals the server answers before a request reaches the pool (a malformed head's 400, a 408,
-  a 503 at admission) are not access-logged and are counted in `refusals`, not here.
+- `requests`, `request_duration`, `keepalive_reused`, `queue_wait`: once per access-log line,
+  in one call (`request_served`, from `WorkerShared.request_finished`): every request whose
+  head was read and that went to the app, or was queued for it, however it ended (answered,
+  cut, withdrawn because its client left, shed from the queue). The status label is the status
+  sent, as the access log shows it: the app's, the server's 500 or 408 when the app failed
+  before its head, 503 when shed from the queue; `none` when none was sent. The refusals the
+  server answers before a request reaches the pool (a malformed head's 400, a 408, a 503 at
+  admission) are not access-logged and are counted in `refusals`, not here.
 - `refusals` (and the `timeouts` and `shed` that follow from a reason code): every refusal, at
   the one place that writes its security-log line (`WorkerShared.refused`).
 - `timeouts["keepalive"]`: an idle connection closed by its keep-alive timeout (one that never
@@ -28,13 +29,20 @@ Where a worker counts (worker/):
 - `connections_accepted`: every connection the loop accepted (after the TLS handshake on a TLS
   listener), the ones closed at once by a cap included.
 - `keepalive_reused`: requests counted in `requests` whose connection had served a response
-  before.
+  before (a server-answered refusal on such a connection is not counted).
 - `bytes_received`: every byte read from clients (heads, bodies, PROXY headers, bytes discarded
   while draining or lingering); `bytes_sent`: every byte handed to a transport or sent with
   sendfile (heads, bodies, 100 Continue, the server's own answers). Under TLS both are the
   plaintext bytes.
 - `queue_wait`: for each request a pool thread started, the time from its submission to the
-  pool to the thread starting it; observed on the loop when the request ends.
+  pool to the thread starting it (both read on time.monotonic(); the thread only writes the
+  time on its call), observed on the loop when the request ends. A request shed from the queue
+  or withdrawn never started: it is in `requests` but not here.
+- The gauges are read when a snapshot is taken (`WorkerShared.gauges`): `pool_busy` from a
+  flag each pool thread sets around its job, `pool_queued` the pool's job queue (a call
+  withdrawn by the loop stays in it until a thread drops it, which a free thread does at once),
+  `requests_in_flight` the pool's admission count (a queued request whose client half-closed
+  gives its slot back, docs/architecture.md, and is no longer in it).
 """
 
 from __future__ import annotations
