@@ -37,6 +37,7 @@ from tests.helpers import (
     both_loops,  # noqa: F401 - a fixture
     read_responses,
     read_until_close,
+    server_closed,
 )
 
 # -- the master's end of the channel ----------------------------------------------------------
@@ -305,6 +306,23 @@ def test_an_idle_keep_alive_connection_closed_by_its_timeout_is_a_keepalive_time
     final = channel.final()
     assert final.counters["timeouts"] == {"keepalive": 1}
     assert final.counters["refusals"] == {}
+
+
+def test_a_connection_refused_by_the_per_client_cap_is_accepted_and_refused() -> None:
+    limits = Limits(client_connections_max=1)
+    with (
+        serve_stats(echo, limits=limits) as (server, channel),
+        server.connect() as first,
+        server.connect() as second,
+    ):
+        assert server_closed(second, TIMEOUT_S)  # closed at once, unanswered
+        first.sendall(GET)
+        responses, _ = read_responses(first, 1)
+        assert responses[0].status == 200
+    final = channel.final()
+    assert final.counters["refusals"] == {"client_connections": 1}
+    assert counter(final, "connections_accepted") == 2
+    assert counter(final, "requests") == 1
 
 
 def test_load_shedding_is_counted_as_a_refusal_and_as_shed() -> None:
