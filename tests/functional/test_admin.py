@@ -519,3 +519,37 @@ def test_workers_do_not_inherit_the_admin_listener() -> None:
         assert inode in _socket_inodes(admin.server.process.pid)  # the master holds it
         for pid in by_label(samples, "hardserve_worker_pid", "worker").values():
             assert inode not in _socket_inodes(int(pid)), f"worker {int(pid)} holds it"
+
+
+def test_load_shedding_and_timeouts_are_counted_by_reason_and_kind() -> None:
+    with admin_server(
+        "--workers", "1", "--threads", "1", "--pool-queue-max", "0", "--head-timeout-s", "0.5"
+    ) as admin:
+        answers: list[int] = []
+        slow = threading.Thread(target=lambda: answers.append(get(admin.server, "/sleep?s=1.5")[0]))
+        slow.start()
+        scrape_until(
+            admin,
+            "the slow request running",
+            lambda s: value(s, "hardserve_pool_threads_busy", worker="0") == 1,
+        )
+        assert get(admin.server)[0] == 503  # the one thread is busy and no queue: shed
+        with socket.create_connection((admin.server.host, admin.server.port), TIMEOUT_S) as raw:
+            raw.sendall(b"GET / HTTP/1.1\r\n")  # a head that never ends: 408 at the deadline
+            raw.settimeout(TIMEOUT_S)
+            assert raw.recv(4096).startswith(b"HTTP/1.1 408")
+        slow.join(TIMEOUT_S)
+        assert answers == [200]
+        samples = scrape_until(
+            admin,
+            "the shed request and the head timeout",
+            lambda s: (
+                value(s, "hardserve_load_shed_total", reason="pool_saturated") == 1
+                and value(s, "hardserve_timeouts_total", kind="head") == 1
+            ),
+        )
+        assert value(samples, "hardserve_refusals_total", reason="pool_saturated") == 1
+        assert value(samples, "hardserve_refusals_total", reason="head_timeout") == 1
+        assert value(samples, "hardserve_load_shed_total", reason="queue_timeout") == 0
+        assert value(samples, "hardserve_timeouts_total", kind="body") == 0
+        assert value(samples, "hardserve_requests_total") == 1  # the shed one never reached the app
