@@ -185,8 +185,7 @@ def goals_table(summary: Summary, scenarios: Scenarios) -> list[str]:
     ratio = f["ratio_1024"].get("hardserve", NAN)
     rows.append(
         (
-            "1,024 keep-alive connections, 1 worker (hardserve with `--pool-queue-max 1024`): "
-            "req/s ≥ 0.9 x the 64-connection figure",
+            "1,024 keep-alive connections, 1 worker: req/s ≥ 0.9 x the 64-connection figure",
             f"{_fmt(ratio, 2)} ({_fmt(f['rps_1024'].get('hardserve', NAN))} against "
             f"{_fmt(f['rps_64'].get('hardserve', NAN))} req/s)",
             _peers(f["ratio_1024"], lambda v: _fmt(v, 2)),
@@ -316,9 +315,10 @@ def concurrency_section(records: list[dict[str, Any]], duration_s: int) -> list[
         "(`client_connections_max`, 256 per address per worker; it has no off value, so 2048), "
         "gunicorn's `worker_connections` (1,000) and waitress's `connection_limit` (100; "
         "with `--asyncore-use-poll`, since its select() loop exits past file descriptor "
-        "1023). hardserve also gets `--pool-queue-max 1024`: with the default 64 it admits "
-        "72 requests at once and answers the other ~950 in flight 503 at once "
-        "([NOTES.md](NOTES.md)), where the peers queue them without bound.",
+        "1023). hardserve's pool queue keeps its default (`pool_queue_max` 1,024, one request "
+        "per connection); with the former default of 64 it answered ~950 of the 1,024 requests "
+        "in flight 503 at once ([NOTES.md](NOTES.md)), where the peers queue them without "
+        "bound.",
         "",
         "```sh",
         *_commands(records),

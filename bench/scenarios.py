@@ -48,11 +48,9 @@ PER_ADDRESS = 200
 # What each server is given, beyond its matrix command line, so that its own connection limit
 # does not refuse the load outright: the scenario measures the server, not a default cap.
 CONCURRENCY_EXTRA: dict[str, tuple[str, ...]] = {
-    # wrk's 1,024 connections all come from 127.0.0.1: above the per-client cap (256). With
-    # the default pool queue (64) the worker admits 72 requests at once and answers the rest
-    # 503 at once (NOTES.md); the peers queue without bound, so the queue is raised to hold
-    # one request per connection.
-    "hardserve": ("--client-connections-max", "2048", "--pool-queue-max", "1024"),
+    # wrk's 1,024 connections all come from 127.0.0.1: above the per-client cap (256). The
+    # pool queue's default (1,024) holds one request per connection.
+    "hardserve": ("--client-connections-max", "2048"),
     "gunicorn": ("--worker-connections", "2048"),  # 1,000 by default
     # 100 by default; and select() fails past file descriptor 1023 (waitress exits), poll not.
     "waitress": ("--connection-limit=2048", "--asyncore-use-poll"),

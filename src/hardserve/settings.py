@@ -146,8 +146,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "pool_queue_max",
-        "Requests waiting for a pool thread before new ones get 503 + Retry-After.",
-        64,
+        "Requests waiting for a pool thread before new ones get 503 + Retry-After. A waiting "
+        "request is a parsed head on a connection the worker holds anyway, so the default "
+        "queues one per connection of a busy keep-alive load (gunicorn's worker_connections is "
+        "1000); queue_timeout_s sheds what waits too long.",
+        1024,
         int,
         metavar="N",
         minimum=0,
@@ -462,7 +465,7 @@ class Config:
     listen_backlog: int = 2048
     workers: int = 1
     threads: int = 8
-    pool_queue_max: int = 64
+    pool_queue_max: int = 1024
     chdir: str | None = None
     pythonpath: tuple[str, ...] = ()
     server_header: str = "hardserve"
