@@ -10,7 +10,10 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from hardserve.http import reasons
+
 if TYPE_CHECKING:
+    from hardserve.http.reasons import Reason
     from hardserve.settings import Config
 
 # What the worker hands to the loop (other modules do not import ssl).
@@ -76,6 +79,31 @@ def build_context(config: Config) -> ssl.SSLContext | None:
             raise TlsError(f"cannot load --ca-certs {config.ca_certs}: {_why(exc)}") from None
     context.verify_mode = _VERIFY_MODES[config.client_cert]
     return context
+
+
+# OpenSSL's reasons for a first record that is the start of an HTTP request ("GET ", "POST",
+# "HEAD", "PUT ") or of a proxy's CONNECT: plain HTTP sent to the TLS port.
+_PLAIN_HTTP_REASONS = frozenset({"HTTP_REQUEST", "HTTPS_PROXY_REQUEST"})
+_DETAIL_MAX = 200
+
+
+def handshake_refusal(exc: OSError) -> tuple[Reason, str] | None:
+    """What a failed server-side handshake amounts to: the reason code and, as the detail,
+    OpenSSL's reason (PEER_DID_NOT_RETURN_A_CERTIFICATE, UNSUPPORTED_PROTOCOL,
+    NO_SHARED_CIPHER, ...). None when the client only went away (closed or reset its
+    connection without a TLS alert): nothing was refused, as with a plain connection closed
+    before its first byte. The handshake deadline is the caller's: it knows when it fired."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = f"{exc.reason}: {exc.verify_message}"
+        return reasons.TLS_HANDSHAKE_FAILED, detail[:_DETAIL_MAX]
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return None
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if reason in _PLAIN_HTTP_REASONS:
+            return reasons.TLS_PLAIN_HTTP, reason
+        return reasons.TLS_HANDSHAKE_FAILED, reason[:_DETAIL_MAX]
+    return None
 
 
 def _no_password() -> bytes:
