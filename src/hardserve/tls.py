@@ -6,6 +6,7 @@ unless --ciphers names another, ALPN http/1.1, no TLS compression, no renegotiat
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -168,6 +169,59 @@ def worker_context(config: Config) -> ssl.SSLContext | None:
     if _prepared is not None and _prepared[0] == _settings_of(config):
         return _prepared[1]
     return build_context(config)
+
+
+# What identifies a file's content cheaply: device, inode, size, modification time (None: missing).
+_Identity = tuple[int, int, int, int] | None
+
+
+def _identity(path: str) -> _Identity:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _watched_files(config: Config) -> tuple[str, ...]:
+    names = (config.certfile, config.keyfile, config.keyfile_password_file, config.ca_certs)
+    return tuple(name for name in names if name is not None)
+
+
+class FileWatch:
+    """The master's watch on the TLS files (certificate, key, password file, CA certificates),
+    looked at every tls_reload_check_s with one stat() each. A change is taken up once it has
+    held for a whole interval, so that a renewal writing the certificate, then the key, is one
+    change and not a broken pair; and only when the files load (`poll` raises TlsError, once
+    per change, when they do not: the running pair stays)."""
+
+    def __init__(self, config: Config, now: float) -> None:
+        self._files = _watched_files(config)
+        self._seen = tuple(_identity(name) for name in self._files)
+        self._pending: tuple[_Identity, ...] | None = None
+        self._next_at = now + config.tls_reload_check_s
+
+    def poll(self, config: Config, now: float) -> bool:
+        """True when the files changed, have settled and load: time to reload."""
+        interval = config.tls_reload_check_s
+        if interval <= 0 or config.certfile is None or now < self._next_at:
+            return False
+        self._next_at = now + interval
+        files = _watched_files(config)
+        identities = tuple(_identity(name) for name in files)
+        if files != self._files:  # other files after a reload: they were loaded by it
+            self._files, self._seen, self._pending = files, identities, None
+            return False
+        if identities == self._seen:
+            self._pending = None
+            return False
+        if identities != self._pending:
+            self._pending = identities  # changed since the last look: wait until it settles
+            return False
+        self._pending = None
+        self._seen = identities
+        build_context(config)  # TlsError: they do not load
+        return True
 
 
 # Short names of the attributes in a distinguished name, as RFC 4514 (and Apache, nginx) write

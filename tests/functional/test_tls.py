@@ -841,6 +841,33 @@ def test_hup_with_a_broken_pair_keeps_serving_the_old_certificate(
     assert "Traceback" not in log
 
 
+def test_certificate_files_replaced_on_disk_are_taken_up_without_a_hup(
+    pki: Pki, tmp_path: Path, clean_server_env: None
+) -> None:
+    cert, key = pki.server_pair("watch-before", "127.0.0.1")
+    live_cert, live_key = tmp_path / "live.pem", tmp_path / "live.key"
+    live_cert.write_bytes(cert.read_bytes())
+    live_key.write_bytes(key.read_bytes())
+    args = ("--certfile", str(live_cert), "--keyfile", str(live_key))
+    with serve_process(HELLO, *args, "--tls-reload-check-s", "0.2", cwd=str(ROOT)) as server:
+        before = _served_serial(pki, server.port)
+        # A broken pair first (a key that is not the certificate's): logged, nothing reloaded.
+        live_key.write_bytes(pki.other_key.read_bytes())
+        _wait_for_line(server, "TLS files changed but do not load")
+        assert _served_serial(pki, server.port) == before
+        new_cert, new_key = pki.server_pair("watch-after", "127.0.0.1")
+        live_cert.write_bytes(new_cert.read_bytes())
+        live_key.write_bytes(new_key.read_bytes())
+        _wait_for_line(server, "every worker replaced")
+        after = _served_serial(pki, server.port)
+        log = "".join(server.stderr_lines)
+    assert before == x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+    assert after == x509.load_pem_x509_certificate(new_cert.read_bytes()).serial_number
+    assert log.count("TLS files changed: reloading") == 1
+    assert log.count("TLS files changed but do not load") == 1
+    assert "KEY_VALUES_MISMATCH" in log
+
+
 # -- which listeners speak TLS ----------------------------------------------------------------
 
 

@@ -302,3 +302,73 @@ def test_a_long_reason_is_cut() -> None:
     refusal = tls.handshake_refusal(exc)
     assert refusal is not None
     assert refusal[1] == "A" * 200
+
+
+# -- the master's watch on the files ----------------------------------------------------------
+
+
+def _watched(tmp_path: Path, interval_s: float = 5.0) -> tuple[Config, Path, Path]:
+    cert, key = _pair(tmp_path)
+    config = Config(certfile=str(cert), keyfile=str(key), tls_reload_check_s=interval_s)
+    return config, cert, key
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write a new file in place of `path`, as renewal tools do (a new inode)."""
+    new = path.with_suffix(".new")
+    new.write_bytes(data)
+    new.replace(path)
+
+
+def test_unchanged_files_are_not_reloaded(tmp_path: Path) -> None:
+    config, _, _ = _watched(tmp_path)
+    watch = tls.FileWatch(config, 0.0)
+    assert [watch.poll(config, now) for now in (5.0, 10.0, 15.0)] == [False, False, False]
+
+
+def test_a_change_is_taken_up_once_it_has_held_for_an_interval(tmp_path: Path) -> None:
+    config, cert, key = _watched(tmp_path)
+    watch = tls.FileWatch(config, 0.0)
+    (tmp_path / "new").mkdir()
+    new_cert, new_key = _pair(tmp_path / "new")
+    _replace(cert, new_cert.read_bytes())
+    assert not watch.poll(config, 1.0)  # not looked at before the interval has passed
+    assert not watch.poll(config, 5.0)  # changed: the certificate alone, the key still old
+    _replace(key, new_key.read_bytes())
+    assert not watch.poll(config, 10.0)  # changed again: still settling
+    assert watch.poll(config, 15.0)  # held for an interval, and the pair loads
+    assert not watch.poll(config, 20.0)  # taken up once
+
+
+def test_a_change_that_does_not_load_is_reported_once(tmp_path: Path) -> None:
+    config, _, key = _watched(tmp_path)
+    watch = tls.FileWatch(config, 0.0)
+    other = ec.generate_private_key(ec.SECP256R1())
+    _replace(
+        key,
+        other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    assert not watch.poll(config, 5.0)
+    with pytest.raises(tls.TlsError, match="KEY_VALUES_MISMATCH"):
+        watch.poll(config, 10.0)
+    assert not watch.poll(config, 15.0)
+
+
+def test_a_missing_file_is_a_change_that_does_not_load(tmp_path: Path) -> None:
+    config, cert, _ = _watched(tmp_path)
+    watch = tls.FileWatch(config, 0.0)
+    cert.unlink()
+    assert not watch.poll(config, 5.0)
+    with pytest.raises(tls.TlsError, match="No such file"):
+        watch.poll(config, 10.0)
+
+
+def test_the_watch_can_be_turned_off(tmp_path: Path) -> None:
+    config, cert, _ = _watched(tmp_path, interval_s=0.0)
+    watch = tls.FileWatch(config, 0.0)
+    cert.unlink()
+    assert [watch.poll(config, now) for now in (5.0, 10.0, 100.0)] == [False, False, False]

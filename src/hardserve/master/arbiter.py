@@ -81,6 +81,7 @@ class Arbiter:
         self._pipes: dict[int, int] = {}  # heartbeat read end -> worker pid
         self._wake_r = -1
         self._wake_w = -1
+        self._tls_files = tls.FileWatch(config, time.monotonic())
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -110,6 +111,8 @@ class Arbiter:
             signum = self._signals.popleft()
             if signum != signal.SIGCHLD:
                 events.append(policy.SignalReceived(signum))
+        if self._tls_files_changed():
+            events.append(policy.SignalReceived(signal.SIGHUP))
         events.extend(self._reap())
         events.append(policy.Tick())
         for event in events:
@@ -155,6 +158,20 @@ class Arbiter:
                 if owner == pid:
                     self._close_pipe(fd)
         return events
+
+    def _tls_files_changed(self) -> bool:
+        """The certificate files changed and load: reload as on HUP (new workers, which get
+        the new pair). Files that do not load are logged once and change nothing."""
+        if self.reload_config is None:
+            return False
+        try:
+            changed = self._tls_files.poll(self.config, time.monotonic())
+        except tls.TlsError as exc:
+            _log.error("TLS files changed but do not load, the running ones stay: %s", exc)
+            return False
+        if changed:
+            _log.info("TLS files changed: reloading")
+        return changed
 
     # -- actions -----------------------------------------------------------------------------
 
@@ -236,12 +253,16 @@ class Arbiter:
     def _reload(self) -> None:
         if self.reload_config is None:
             return
+        # The TLS files as this reload finds them are its own: the watch starts again from them
+        # (a HUP sent after replacing them is not followed by a second reload).
+        self._tls_files = tls.FileWatch(self.config, time.monotonic())
         try:
             config = self.reload_config()
         except Exception as exc:  # a broken file must not stop a running server
             _log.error("reload: configuration not changed: %s", exc)
             return
         self.config = config
+        self._tls_files = tls.FileWatch(config, time.monotonic())
         self.state.desired = config.workers
         self.state.timeout_s = config.timeout_s
         self.state.graceful_timeout_s = config.graceful_timeout_s
