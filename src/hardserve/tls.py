@@ -1,5 +1,7 @@
-"""The one place that builds an SSLContext. A worker builds it once, when it starts (a HUP
-starts new workers, which read the files again); no connection ever reads a certificate file.
+"""The one place that builds an SSLContext (and the only module that imports ssl). The master
+builds it once, before it forks the workers, and again on HUP or when the files change
+(FileWatch); no connection ever reads a certificate file. A failed handshake is named here
+(handshake_refusal), for the worker's security log.
 
 Defaults: TLS 1.2 at the least (1.3 with --tls-min-version TLSv1.3), the ssl module's cipher set
 unless --ciphers names another, ALPN http/1.1, no TLS compression, no renegotiation."""
