@@ -404,6 +404,16 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         metavar="LIST",
     ),
+    Setting(
+        "tls_reload_check_s",
+        "How often the master looks for a change of the certificate, key, password and CA "
+        "files; a change that has settled and loads is taken up as on HUP. 0 turns it off.",
+        5.0,
+        float,
+        metavar="SECONDS",
+        minimum=0.0,
+        maximum=_SECONDS_MAX,
+    ),
 )
 
 _LIMIT_HELP = "Limit (docs/limits.md): "
@@ -503,6 +513,7 @@ class Config:
     client_cert: str = "none"
     tls_min_version: str = "TLSv1.2"
     ciphers: str | None = None
+    tls_reload_check_s: float = 5.0
     limits: Limits = field(default_factory=Limits)
 
 

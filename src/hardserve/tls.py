@@ -1,16 +1,22 @@
-"""The one place that builds an SSLContext. A worker builds it once, when it starts (a HUP
-starts new workers, which read the files again); no connection ever reads a certificate file.
+"""The one place that builds an SSLContext (and the only module that imports ssl). The master
+builds it once, before it forks the workers, and again on HUP or when the files change
+(FileWatch); no connection ever reads a certificate file. A failed handshake is named here
+(handshake_refusal), for the worker's security log.
 
 Defaults: TLS 1.2 at the least (1.3 with --tls-min-version TLSv1.3), the ssl module's cipher set
 unless --ciphers names another, ALPN http/1.1, no TLS compression, no renegotiation."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from hardserve.http import reasons
+
 if TYPE_CHECKING:
+    from hardserve.http.reasons import Reason
     from hardserve.settings import Config
 
 # What the worker hands to the loop (other modules do not import ssl).
@@ -78,6 +84,31 @@ def build_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+# OpenSSL's reasons for a first record that is the start of an HTTP request ("GET ", "POST",
+# "HEAD", "PUT ") or of a proxy's CONNECT: plain HTTP sent to the TLS port.
+_PLAIN_HTTP_REASONS = frozenset({"HTTP_REQUEST", "HTTPS_PROXY_REQUEST"})
+_DETAIL_MAX = 200
+
+
+def handshake_refusal(exc: OSError) -> tuple[Reason, str] | None:
+    """What a failed server-side handshake amounts to: the reason code and, as the detail,
+    OpenSSL's reason (PEER_DID_NOT_RETURN_A_CERTIFICATE, UNSUPPORTED_PROTOCOL,
+    NO_SHARED_CIPHER, ...). None when the client only went away (closed or reset its
+    connection without a TLS alert): nothing was refused, as with a plain connection closed
+    before its first byte. The handshake deadline is the caller's: it knows when it fired."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = f"{exc.reason}: {exc.verify_message}"
+        return reasons.TLS_HANDSHAKE_FAILED, detail[:_DETAIL_MAX]
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return None
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if reason in _PLAIN_HTTP_REASONS:
+            return reasons.TLS_PLAIN_HTTP, reason
+        return reasons.TLS_HANDSHAKE_FAILED, reason[:_DETAIL_MAX]
+    return None
+
+
 def _no_password() -> bytes:
     return b""
 
@@ -140,6 +171,59 @@ def worker_context(config: Config) -> ssl.SSLContext | None:
     if _prepared is not None and _prepared[0] == _settings_of(config):
         return _prepared[1]
     return build_context(config)
+
+
+# What identifies a file's content cheaply: device, inode, size, modification time (None: missing).
+_Identity = tuple[int, int, int, int] | None
+
+
+def _identity(path: str) -> _Identity:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _watched_files(config: Config) -> tuple[str, ...]:
+    names = (config.certfile, config.keyfile, config.keyfile_password_file, config.ca_certs)
+    return tuple(name for name in names if name is not None)
+
+
+class FileWatch:
+    """The master's watch on the TLS files (certificate, key, password file, CA certificates),
+    looked at every tls_reload_check_s with one stat() each. A change is taken up once it has
+    held for a whole interval, so that a renewal writing the certificate, then the key, is one
+    change and not a broken pair; and only when the files load (`poll` raises TlsError, once
+    per change, when they do not: the running pair stays)."""
+
+    def __init__(self, config: Config, now: float) -> None:
+        self._files = _watched_files(config)
+        self._seen = tuple(_identity(name) for name in self._files)
+        self._pending: tuple[_Identity, ...] | None = None
+        self._next_at = now + config.tls_reload_check_s
+
+    def poll(self, config: Config, now: float) -> bool:
+        """True when the files changed, have settled and load: time to reload."""
+        interval = config.tls_reload_check_s
+        if interval <= 0 or config.certfile is None or now < self._next_at:
+            return False
+        self._next_at = now + interval
+        files = _watched_files(config)
+        identities = tuple(_identity(name) for name in files)
+        if files != self._files:  # other files after a reload: they were loaded by it
+            self._files, self._seen, self._pending = files, identities, None
+            return False
+        if identities == self._seen:
+            self._pending = None
+            return False
+        if identities != self._pending:
+            self._pending = identities  # changed since the last look: wait until it settles
+            return False
+        self._pending = None
+        self._seen = identities
+        build_context(config)  # TlsError: they do not load
+        return True
 
 
 # Short names of the attributes in a distinguished name, as RFC 4514 (and Apache, nginx) write

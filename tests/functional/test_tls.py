@@ -8,16 +8,20 @@ import dataclasses
 import datetime
 import ipaddress
 import json
+import logging
 import os
 import re
+import select
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hardserve.http.limits import Limits
+from hardserve.worker.server import WorkerShared
 from tests.helpers import (
     ROOT,
     TIMEOUT_S,
@@ -36,6 +41,7 @@ from tests.helpers import (
     RunningServer,
     both_loops,  # noqa: F401 - a fixture
     read_responses,
+    read_until_close,
     serve,
     serve_process,
     server_closed,
@@ -240,6 +246,32 @@ def tls_settings(pki: Pki, **more: Any) -> dict[str, Any]:
     return {"certfile": str(pki.cert), "keyfile": str(pki.key), **more}
 
 
+def _client_hello(context: ssl.SSLContext) -> bytes:
+    """A client's first flight (its ClientHello), made without a socket."""
+    outgoing = ssl.MemoryBIO()
+    client = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+def nothing_arrives(sock: socket.socket, wait_s: float = 0.3) -> bool:
+    """No byte and no close within wait_s: checking that something does not happen needs a
+    bounded wait."""
+    readable, _, _ = select.select([sock], [], [], wait_s)
+    return not readable
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """What the server sends until it closes the connection (a reset counts as a close)."""
+    sock.settimeout(TIMEOUT_S)
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while data := sock.recv(65536):
+            received += data
+    return received
+
+
 def refused(action: Any) -> bool:
     """True when the TLS exchange fails: a handshake error, or (TLS 1.3, where the server
     checks the client's certificate after the client's handshake is done) the server's alert
@@ -249,6 +281,50 @@ def refused(action: Any) -> bool:
     except (ssl.SSLError, ConnectionResetError, BrokenPipeError, h11.RemoteProtocolError):
         return True
     return not responses
+
+
+class SecurityLines(logging.Handler):
+    """The security log's records; `wait` blocks until the next one has arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.arrived = threading.Semaphore(0)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.arrived.release()
+
+    def wait(self, count: int = 1) -> list[tuple[str, int, str]]:
+        """(reason, status, detail) of every record so far, once `count` more have arrived."""
+        for _ in range(count):
+            assert self.arrived.acquire(timeout=TIMEOUT_S), self.refusals()
+        return self.refusals()
+
+    def refusals(self) -> list[tuple[str, int, str]]:
+        return [
+            (r.__dict__["reason"], r.__dict__["status"], r.__dict__["detail"]) for r in self.records
+        ]
+
+
+@pytest.fixture
+def security_log() -> Iterator[SecurityLines]:
+    logger = logging.getLogger("hardserve.security")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    handler = SecurityLines()
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    try:
+        yield handler
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def shared_of(server: RunningServer) -> WorkerShared:
+    shared = server.worker.shared
+    assert shared is not None
+    return shared
 
 
 # -- handshake, keep-alive, environ -----------------------------------------------------------
@@ -339,19 +415,61 @@ def test_mutual_tls_accepted_with_the_client_certificate_in_the_environ(pki: Pki
     assert int(environ["SSL_CLIENT_M_SERIAL"], 16) == client.serial_number
 
 
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
 @pytest.mark.usefixtures("both_loops")
-def test_mutual_tls_refuses_a_client_without_a_certificate(pki: Pki) -> None:
+def test_mutual_tls_refuses_a_client_without_a_certificate(
+    pki: Pki, version: str, security_log: SecurityLines
+) -> None:
     settings = tls_settings(pki, ca_certs=str(pki.ca), client_cert="required")
     with serve(environ_app, **settings) as server:
+        context = client_context(pki)
+        context.maximum_version = getattr(ssl.TLSVersion, version)
 
         def attempt() -> Any:
-            with tls_connect(server, client_context(pki)) as sock:
+            with tls_connect(server, context) as sock:
                 return get(sock)
 
         assert refused(attempt)
+        assert security_log.wait() == [
+            ("tls_handshake_failed", 0, "PEER_DID_NOT_RETURN_A_CERTIFICATE")
+        ]
         # The worker keeps serving clients that do present one.
         with tls_connect(server, client_context(pki, with_cert=True)) as sock:
             assert get_environ(sock)["SSL_CLIENT_VERIFY"] == "SUCCESS"
+        assert shared_of(server).stats.refusals == {"tls_handshake_failed": 1}
+
+
+@pytest.mark.usefixtures("both_loops")
+def test_mutual_tls_refuses_a_certificate_from_another_ca(
+    pki: Pki, tmp_path: Path, security_log: SecurityLines
+) -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("stranger"))
+        .issuer_name(_name("stranger"))
+        .public_key(other.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - DAY)
+        .not_valid_after(NOW + DAY)
+        .sign(other, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "stranger.pem", tmp_path / "stranger.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, other)
+    settings = tls_settings(pki, ca_certs=str(pki.ca), client_cert="required")
+    with serve(environ_app, **settings) as server:
+        context = client_context(pki)
+        context.load_cert_chain(str(cert_path), str(key_path))
+
+        def attempt() -> Any:
+            with tls_connect(server, context) as sock:
+                return get(sock)
+
+        assert refused(attempt)
+        ((reason, status, detail),) = security_log.wait()
+        assert (reason, status) == ("tls_handshake_failed", 0)
+        assert detail.startswith("CERTIFICATE_VERIFY_FAILED: "), detail
 
 
 def test_optional_client_certificate(pki: Pki) -> None:
@@ -376,6 +494,19 @@ def test_an_expired_server_certificate_is_refused_by_the_client(pki: Pki) -> Non
         pass
 
 
+@pytest.mark.usefixtures("both_loops")
+def test_a_client_that_refuses_the_server_certificate_is_logged(
+    pki: Pki, security_log: SecurityLines
+) -> None:
+    with serve(environ_app, **tls_settings(pki)) as server:
+        with (
+            pytest.raises(ssl.SSLCertVerificationError),
+            tls_connect(server, ssl.create_default_context(cafile=str(pki.client_cert))),
+        ):
+            pass
+        assert security_log.wait() == [("tls_handshake_failed", 0, "TLSV1_ALERT_UNKNOWN_CA")]
+
+
 def _old_client(pki: Pki, maximum: ssl.TLSVersion) -> ssl.SSLContext:
     context = client_context(pki)
     with warnings.catch_warnings():
@@ -389,7 +520,7 @@ def _old_client(pki: Pki, maximum: ssl.TLSVersion) -> ssl.SSLContext:
 
 @pytest.mark.parametrize("version", ["TLSv1", "TLSv1_1"])
 @pytest.mark.usefixtures("both_loops")
-def test_tls_1_0_and_1_1_are_refused(pki: Pki, version: str) -> None:
+def test_tls_1_0_and_1_1_are_refused(pki: Pki, version: str, security_log: SecurityLines) -> None:
     with serve(environ_app, **tls_settings(pki)) as server:
         with (
             pytest.raises(ssl.SSLError) as info,
@@ -397,6 +528,7 @@ def test_tls_1_0_and_1_1_are_refused(pki: Pki, version: str) -> None:
         ):
             pass
         assert "NO_PROTOCOLS_AVAILABLE" not in str(info.value)
+        assert security_log.wait() == [("tls_handshake_failed", 0, "UNSUPPORTED_PROTOCOL")]
         # The same client allowed TLS 1.2 is served.
         with tls_connect(server, _old_client(pki, ssl.TLSVersion.TLSv1_2)) as sock:
             assert sock.version() == "TLSv1.2"
@@ -415,30 +547,170 @@ def test_tls_min_version_1_3_refuses_tls_1_2(pki: Pki) -> None:
 
 
 @pytest.mark.usefixtures("both_loops")
-def test_plain_http_to_the_tls_port_is_closed_and_the_worker_keeps_serving(pki: Pki) -> None:
+def test_plain_http_to_the_tls_port_is_closed_and_the_worker_keeps_serving(
+    pki: Pki, security_log: SecurityLines
+) -> None:
     with serve(environ_app, **tls_settings(pki)) as server:
         with server.connect() as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            sock.settimeout(TIMEOUT_S)
-            received = b""
-            with contextlib.suppress(ConnectionResetError):
-                while data := sock.recv(4096):
-                    received += data
-            # At most a TLS alert record (content type 21), never an HTTP response.
-            assert not received.startswith(b"HTTP/")
-            assert received == b"" or received[0] == 21
-        assert wait_until(lambda: not server.worker.shared.connections)  # type: ignore[union-attr]
+            # A clean close: no HTTP response (it would be plain text on a TLS port), no TLS
+            # alert, no reset.
+            assert read_until_close(sock) == b""
+        assert security_log.wait() == [("tls_plain_http", 0, "HTTP_REQUEST")]
+        shared = shared_of(server)
+        assert wait_until(lambda: not shared.connections and not shared.handshakes)
         with tls_connect(server, client_context(pki)) as tls_sock:
             assert get_environ(tls_sock)["HTTPS"] == "on"
+        assert shared.stats.refusals == {"tls_plain_http": 1}
 
 
 @pytest.mark.usefixtures("both_loops")
-def test_a_client_that_never_finishes_the_handshake_is_dropped(pki: Pki) -> None:
-    limits = Limits(tls_handshake_timeout_s=1.0)
+def test_curl_with_http_to_the_tls_port_gets_an_empty_reply(
+    pki: Pki, security_log: SecurityLines
+) -> None:
+    with serve(environ_app, **tls_settings(pki)) as server:
+        result = subprocess.run(
+            ["curl", "-sS", f"http://127.0.0.1:{server.port}/"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+        assert result.returncode == 52, result.stderr  # curl: "Empty reply from server"
+        assert security_log.wait() == [("tls_plain_http", 0, "HTTP_REQUEST")]
+
+
+@pytest.mark.usefixtures("both_loops")
+def test_a_client_that_never_finishes_the_handshake_is_dropped(
+    pki: Pki, security_log: SecurityLines
+) -> None:
+    limits = Limits(tls_handshake_timeout_s=0.5)
+    with serve(environ_app, limits=limits, **tls_settings(pki)) as server:
+        started = time.monotonic()  # before the connection: the deadline runs from its accept
+        with server.connect() as sock:
+            # Other clients are served meanwhile.
+            with tls_connect(server, client_context(pki)) as tls_sock:
+                assert get_environ(tls_sock)["HTTPS"] == "on"
+            assert len(shared_of(server).handshakes) == 1
+            assert server_closed(sock, wait_s=TIMEOUT_S)
+        assert time.monotonic() - started >= 0.45  # uvloop's clock counts whole milliseconds
+        assert security_log.wait() == [("tls_handshake_timeout", 0, "not complete in 0.5 s")]
+        shared = shared_of(server)
+        assert wait_until(lambda: not shared.handshakes)
+        assert shared.stats.refusals == {"tls_handshake_timeout": 1}
+
+
+@pytest.mark.usefixtures("both_loops")
+def test_a_handshake_that_stops_halfway_is_dropped_at_the_deadline(
+    pki: Pki, security_log: SecurityLines
+) -> None:
+    limits = Limits(tls_handshake_timeout_s=0.5)
     with serve(environ_app, limits=limits, **tls_settings(pki)) as server, server.connect() as sock:
+        sock.sendall(_client_hello(client_context(pki)))  # then nothing
+        assert sock.recv(1) == b"\x16"  # the server's answer: a handshake record
+        read_until_closed(sock)  # the rest of its flight, then the close at the deadline
+        assert security_log.wait() == [("tls_handshake_timeout", 0, "not complete in 0.5 s")]
+
+
+@pytest.mark.usefixtures("both_loops")
+def test_a_client_that_connects_and_leaves_is_not_a_refusal(
+    pki: Pki, security_log: SecurityLines
+) -> None:
+    with serve(environ_app, **tls_settings(pki)) as server:
+        shared = shared_of(server)
+        server.connect().close()  # a TCP health check, a port scan
+        with server.connect() as sock:
+            sock.sendall(_client_hello(client_context(pki))[:20])  # part of a ClientHello
+        assert wait_until(lambda: not shared.handshakes and not shared.connections)
+        # Served after them, so their ends were seen first.
+        with tls_connect(server, client_context(pki)) as tls_sock:
+            assert get_environ(tls_sock)["HTTPS"] == "on"
+        assert security_log.refusals() == []
+        assert shared.stats.refusals == {}
+
+
+@pytest.mark.usefixtures("both_loops")
+def test_a_request_in_the_same_read_as_the_end_of_the_handshake_is_served(pki: Pki) -> None:
+    # TLS 1.3: the client's Finished and its request leave together, so the worker reads them
+    # together and the request arrives before the handshake's end has been handed over.
+    with serve(environ_app, **tls_settings(pki)) as server, server.connect() as sock:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = client_context(pki).wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+        while True:
+            try:
+                client.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if outgoing.pending:
+                    sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        assert client.version() == "TLSv1.3"
+        client.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+        sock.sendall(outgoing.read())  # Finished and two requests, in one write
+        received = b""
+        while received.count(b"HTTP/1.1 200 OK") < 2:
+            incoming.write(sock.recv(65536))
+            with contextlib.suppress(ssl.SSLWantReadError):
+                while data := client.read(65536):
+                    received += data
+        assert received.count(b'"HTTPS": "on"') == 2
+
+
+# -- connections in their handshake count ------------------------------------------------------
+
+
+def test_connections_in_their_handshake_count_against_connections_max(pki: Pki) -> None:
+    limits = Limits(connections_max=2)
+    with serve(environ_app, limits=limits, **tls_settings(pki)) as server, ExitStack() as stack:
+        shared = shared_of(server)
+        first = stack.enter_context(server.connect())
+        stack.enter_context(server.connect())
+        assert wait_until(lambda: len(shared.handshakes) == 2)
+        # At the cap: the third waits in the backlog, its ClientHello unanswered.
+        waiting = stack.enter_context(server.connect())
+        waiting.sendall(_client_hello(client_context(pki)))
+        assert nothing_arrives(waiting)
+        first.close()
+        # Below the cap again: the worker accepts it and answers.
+        waiting.settimeout(TIMEOUT_S)
+        assert waiting.recv(1) == b"\x16"
+
+
+def test_connections_in_their_handshake_count_against_client_connections_max(
+    pki: Pki, security_log: SecurityLines
+) -> None:
+    limits = Limits(client_connections_max=2)
+    with serve(environ_app, limits=limits, **tls_settings(pki)) as server, ExitStack() as stack:
+        shared = shared_of(server)
+        stack.enter_context(server.connect())
+        second = stack.enter_context(server.connect())
+        assert wait_until(lambda: len(shared.handshakes) == 2)
+        extra = stack.enter_context(server.connect())
+        assert server_closed(extra, wait_s=TIMEOUT_S)  # past the cap: closed at once
+        ((reason, status, _),) = security_log.wait()
+        assert (reason, status) == ("client_connections", 0)
+        second.close()
+        assert wait_until(lambda: len(shared.handshakes) == 1)
+        with tls_connect(server, client_context(pki)) as tls_sock:
+            assert get_environ(tls_sock)["HTTPS"] == "on"
+        assert shared.stats.refusals == {"client_connections": 1}  # no handshake refusal
+
+
+@pytest.mark.usefixtures("both_loops")
+def test_a_graceful_stop_closes_handshakes_in_progress(
+    pki: Pki, security_log: SecurityLines
+) -> None:
+    limits = Limits(tls_handshake_timeout_s=60.0)
+    with serve(environ_app, limits=limits, **tls_settings(pki)) as server, server.connect() as sock:
+        shared = shared_of(server)
+        assert wait_until(lambda: len(shared.handshakes) == 1)
         started = time.monotonic()
-        assert server_closed(sock, wait_s=5.0)
-        assert 0.5 < time.monotonic() - started < 5.0
+        server.worker.stop()
+        assert server_closed(sock, wait_s=TIMEOUT_S)
+        assert time.monotonic() - started < 5.0  # not the handshake deadline
+    # The worker has stopped: its drain saw the handshake end, long before the graceful timeout.
+    assert time.monotonic() - started < 5.0
+    assert not shared.handshakes
+    assert security_log.refusals() == []
 
 
 @pytest.mark.usefixtures("both_loops")
@@ -570,6 +842,33 @@ def test_hup_with_a_broken_pair_keeps_serving_the_old_certificate(
     # The new workers got the pair loaded before: none of them failed to start.
     assert "died" not in log
     assert "Traceback" not in log
+
+
+def test_certificate_files_replaced_on_disk_are_taken_up_without_a_hup(
+    pki: Pki, tmp_path: Path, clean_server_env: None
+) -> None:
+    cert, key = pki.server_pair("watch-before", "127.0.0.1")
+    live_cert, live_key = tmp_path / "live.pem", tmp_path / "live.key"
+    live_cert.write_bytes(cert.read_bytes())
+    live_key.write_bytes(key.read_bytes())
+    args = ("--certfile", str(live_cert), "--keyfile", str(live_key))
+    with serve_process(HELLO, *args, "--tls-reload-check-s", "0.2", cwd=str(ROOT)) as server:
+        before = _served_serial(pki, server.port)
+        # A broken pair first (a key that is not the certificate's): logged, nothing reloaded.
+        live_key.write_bytes(pki.other_key.read_bytes())
+        _wait_for_line(server, "TLS files changed but do not load")
+        assert _served_serial(pki, server.port) == before
+        new_cert, new_key = pki.server_pair("watch-after", "127.0.0.1")
+        live_cert.write_bytes(new_cert.read_bytes())
+        live_key.write_bytes(new_key.read_bytes())
+        _wait_for_line(server, "every worker replaced")
+        after = _served_serial(pki, server.port)
+        log = "".join(server.stderr_lines)
+    assert before == x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+    assert after == x509.load_pem_x509_certificate(new_cert.read_bytes()).serial_number
+    assert log.count("TLS files changed: reloading") == 1
+    assert log.count("TLS files changed but do not load") == 1
+    assert "KEY_VALUES_MISMATCH" in log
 
 
 # -- which listeners speak TLS ----------------------------------------------------------------

@@ -902,6 +902,7 @@ NOT_FROM_THE_PARSER = {
     "head_timeout", "body_timeout", "body_too_slow", "send_timeout", "send_too_slow",
     "pool_saturated", "queue_timeout", "client_in_flight", "client_connections",
     "proxy_header_invalid", "proxy_header_missing", "proxy_peer_untrusted", "forwarded_invalid",
+    "tls_handshake_timeout", "tls_plain_http", "tls_handshake_failed",
 }
 
 EXPECTED_STATUS = {

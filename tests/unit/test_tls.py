@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import ssl
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from hardserve import tls
+from hardserve.http import reasons
 from hardserve.master import listeners
 from hardserve.settings import Config, SettingError, is_public_bind, load
 
@@ -210,3 +212,163 @@ def test_tls_binds_take_tcp_addresses_only(spec: str) -> None:
 def test_a_public_tls_bind_is_public() -> None:
     assert is_public_bind("tls://0.0.0.0:8443")
     assert not is_public_bind("tls://127.0.0.1:8443")
+
+
+# -- what a failed handshake is logged as -----------------------------------------------------
+
+
+def _handshake_error(tmp_path: Path, first_flight: bytes, **settings: str) -> OSError:
+    """What the server's handshake raises when the client's first bytes are `first_flight`."""
+    cert, key = _pair(tmp_path)
+    context = tls.build_context(Config(certfile=str(cert), keyfile=str(key), **settings))
+    assert context is not None
+    incoming = ssl.MemoryBIO()
+    server = context.wrap_bio(incoming, ssl.MemoryBIO(), server_side=True)
+    incoming.write(first_flight)
+    with pytest.raises(ssl.SSLError) as info:
+        server.do_handshake()
+    return info.value
+
+
+def _client_hello(context: ssl.SSLContext) -> bytes:
+    """A client's first flight (its ClientHello), made without a socket."""
+    outgoing = ssl.MemoryBIO()
+    client = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize(
+    "request_start", [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"POST /form HTTP/1.1\r\n"]
+)
+def test_plain_http_is_named_as_such(tmp_path: Path, request_start: bytes) -> None:
+    refusal = tls.handshake_refusal(_handshake_error(tmp_path, request_start))
+    assert refusal is not None
+    assert (refusal[0].code, refusal[1]) == ("tls_plain_http", "HTTP_REQUEST")
+    assert refusal[0].status == 0
+
+
+def test_other_bytes_fail_the_handshake_with_openssls_reason(tmp_path: Path) -> None:
+    refusal = tls.handshake_refusal(_handshake_error(tmp_path, b"\x00" * 64))
+    assert refusal is not None
+    assert refusal[0].code == "tls_handshake_failed"
+    assert refusal[1] == "WRONG_VERSION_NUMBER"
+
+
+def test_an_old_protocol_version_fails_the_handshake(tmp_path: Path) -> None:
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client.minimum_version = ssl.TLSVersion.TLSv1
+        client.maximum_version = ssl.TLSVersion.TLSv1_1
+    client.set_ciphers("DEFAULT:@SECLEVEL=0")
+    refusal = tls.handshake_refusal(_handshake_error(tmp_path, _client_hello(client)))
+    assert refusal is not None
+    assert refusal == (reasons.TLS_HANDSHAKE_FAILED, "UNSUPPORTED_PROTOCOL")
+
+
+def test_a_certificate_that_fails_verification_names_why() -> None:
+    exc = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    exc.reason = "CERTIFICATE_VERIFY_FAILED"
+    exc.verify_message = "certificate has expired"
+    refusal = tls.handshake_refusal(exc)
+    assert refusal == (
+        reasons.TLS_HANDSHAKE_FAILED,
+        "CERTIFICATE_VERIFY_FAILED: certificate has expired",
+    )
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionResetError(),
+        ConnectionResetError(104, "Connection reset by peer"),
+        BrokenPipeError(),
+        ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
+        ssl.SSLZeroReturnError(6, "TLS/SSL connection has been closed"),
+    ],
+    ids=type,
+)
+def test_a_client_that_leaves_is_not_a_refusal(exc: OSError) -> None:
+    assert tls.handshake_refusal(exc) is None
+
+
+def test_a_long_reason_is_cut() -> None:
+    exc = ssl.SSLError(1, "x")
+    exc.reason = "A" * 1000
+    refusal = tls.handshake_refusal(exc)
+    assert refusal is not None
+    assert refusal[1] == "A" * 200
+
+
+# -- the master's watch on the files ----------------------------------------------------------
+
+
+def _watched(tmp_path: Path, interval_s: float = 5.0) -> tuple[Config, Path, Path]:
+    cert, key = _pair(tmp_path)
+    config = Config(certfile=str(cert), keyfile=str(key), tls_reload_check_s=interval_s)
+    return config, cert, key
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write a new file in place of `path`, as renewal tools do (a new inode)."""
+    new = path.with_suffix(".new")
+    new.write_bytes(data)
+    new.replace(path)
+
+
+def test_unchanged_files_are_not_reloaded(tmp_path: Path) -> None:
+    config, _, _ = _watched(tmp_path)
+    watch = tls.FileWatch(config, 0.0)
+    assert [watch.poll(config, now) for now in (5.0, 10.0, 15.0)] == [False, False, False]
+
+
+def test_a_change_is_taken_up_once_it_has_held_for_an_interval(tmp_path: Path) -> None:
+    config, cert, key = _watched(tmp_path)
+    watch = tls.FileWatch(config, 0.0)
+    (tmp_path / "new").mkdir()
+    new_cert, new_key = _pair(tmp_path / "new")
+    _replace(cert, new_cert.read_bytes())
+    assert not watch.poll(config, 1.0)  # not looked at before the interval has passed
+    assert not watch.poll(config, 5.0)  # changed: the certificate alone, the key still old
+    _replace(key, new_key.read_bytes())
+    assert not watch.poll(config, 10.0)  # changed again: still settling
+    assert watch.poll(config, 15.0)  # held for an interval, and the pair loads
+    assert not watch.poll(config, 20.0)  # taken up once
+
+
+def test_a_change_that_does_not_load_is_reported_once(tmp_path: Path) -> None:
+    config, _, key = _watched(tmp_path)
+    watch = tls.FileWatch(config, 0.0)
+    other = ec.generate_private_key(ec.SECP256R1())
+    _replace(
+        key,
+        other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    assert not watch.poll(config, 5.0)
+    with pytest.raises(tls.TlsError, match="KEY_VALUES_MISMATCH"):
+        watch.poll(config, 10.0)
+    assert not watch.poll(config, 15.0)
+
+
+def test_a_missing_file_is_a_change_that_does_not_load(tmp_path: Path) -> None:
+    config, cert, _ = _watched(tmp_path)
+    watch = tls.FileWatch(config, 0.0)
+    cert.unlink()
+    assert not watch.poll(config, 5.0)
+    with pytest.raises(tls.TlsError, match="No such file"):
+        watch.poll(config, 10.0)
+
+
+def test_the_watch_can_be_turned_off(tmp_path: Path) -> None:
+    config, cert, _ = _watched(tmp_path, interval_s=0.0)
+    watch = tls.FileWatch(config, 0.0)
+    cert.unlink()
+    assert [watch.poll(config, now) for now in (5.0, 10.0, 100.0)] == [False, False, False]

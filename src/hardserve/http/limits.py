@@ -101,9 +101,9 @@ class Limits:
     request_timeout_s: float = 30.0
 
     # A TLS client must finish its handshake within this many seconds of connecting, or the
-    # connection is dropped before it reaches the HTTP layer (docs/tls.md). nginx
-    # ssl_handshake_timeout 60 s (1.25.3), gunicorn none; 10 s is the head deadline's budget.
-    # 0 leaves the event loop's own deadline (60 s in asyncio and uvloop).
+    # connection is dropped before it reaches the HTTP layer and logged as
+    # tls_handshake_timeout (docs/tls.md). nginx ssl_handshake_timeout 60 s (1.25.3), gunicorn
+    # none; 10 s is the head deadline's budget. 0 means 60 s, the event loops' own default.
     tls_handshake_timeout_s: float = 10.0
 
     # The app's thread waits at most this long for a slow reader to take queued response bytes.

@@ -99,6 +99,16 @@ PROXY_PEER_UNTRUSTED = _reason(
     "proxy_peer_untrusted", 0, "PROXY protocol header from a peer not in the allow-list"
 )
 
+# TLS: the handshake of a connection on a TLS listener, before any HTTP is read. Nothing can be
+# answered (there is no TLS session to answer in): the connection is closed.
+TLS_HANDSHAKE_TIMEOUT = _reason(
+    "tls_handshake_timeout", 0, "TLS handshake not complete within the handshake deadline"
+)
+TLS_PLAIN_HTTP = _reason("tls_plain_http", 0, "plain HTTP sent to a TLS listener")
+TLS_HANDSHAKE_FAILED = _reason(
+    "tls_handshake_failed", 0, "TLS handshake failed: version, ciphers or client certificate"
+)
+
 # Capacity.
 POOL_SATURATED = _reason(
     "pool_saturated", 503, "every pool thread busy and the queue full", close=False

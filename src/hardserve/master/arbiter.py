@@ -114,6 +114,7 @@ class Arbiter:
             )
         self._build_info = build_info or {}
         self._metrics: Callable[[str | None], tuple[bytes, str]] | None = None
+        self._tls_files = tls.FileWatch(config, time.monotonic())
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -151,6 +152,8 @@ class Arbiter:
             signum = self._signals.popleft()
             if signum != signal.SIGCHLD:
                 events.append(policy.SignalReceived(signum))
+        if self._tls_files_changed():
+            events.append(policy.SignalReceived(signal.SIGHUP))
         events.extend(self._reap())
         events.append(policy.Tick())
         for event in events:
@@ -221,6 +224,20 @@ class Arbiter:
             else:
                 events.append(policy.Exited(pid, os.waitstatus_to_exitcode(status)))
         return events
+
+    def _tls_files_changed(self) -> bool:
+        """The certificate files changed and load: reload as on HUP (new workers, which get
+        the new pair). Files that do not load are logged once and change nothing."""
+        if self.reload_config is None:
+            return False
+        try:
+            changed = self._tls_files.poll(self.config, time.monotonic())
+        except tls.TlsError as exc:
+            _log.error("TLS files changed but do not load, the running ones stay: %s", exc)
+            return False
+        if changed:
+            _log.info("TLS files changed: reloading")
+        return changed
 
     # -- actions -----------------------------------------------------------------------------
 
@@ -307,6 +324,9 @@ class Arbiter:
     def _reload(self) -> None:
         if self.reload_config is None:
             return
+        # The TLS files as this reload finds them are its own: the watch starts again from them
+        # (a HUP sent after replacing them is not followed by a second reload).
+        self._tls_files = tls.FileWatch(self.config, time.monotonic())
         try:
             config = self.reload_config()
         except Exception as exc:  # a broken file must not stop a running server
@@ -319,6 +339,7 @@ class Arbiter:
             )
             config = dataclasses.replace(config, admin_bind=self.config.admin_bind)
         self.config = config
+        self._tls_files = tls.FileWatch(config, time.monotonic())
         self.state.desired = config.workers
         self.state.timeout_s = config.timeout_s
         self.state.graceful_timeout_s = config.graceful_timeout_s

@@ -26,8 +26,8 @@ Where a worker counts (worker/):
   the one place that writes its security-log line (`WorkerShared.refused`).
 - `timeouts["keepalive"]`: an idle connection closed by its keep-alive timeout (one that never
   sent a request too); `timeouts["request"]`: a request reported overdue (request_timeout_s).
-- `connections_accepted`: every connection the loop accepted (after the TLS handshake on a TLS
-  listener), the ones closed at once by a cap included.
+- `connections_accepted`: every connection the loop accepted (on a TLS listener, when its
+  handshake begins), the ones closed at once by a cap or a failed handshake included.
 - `keepalive_reused`: requests counted in `requests` whose connection had served a response
   before (a server-answered refusal on such a connection is not counted).
 - `bytes_received`: every byte read from clients (heads, bodies, PROXY headers, bytes discarded
@@ -98,7 +98,7 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 SEP = "|"
 
 # Timeouts by kind (the `kind` label of hardserve_timeouts_total).
-TIMEOUT_KINDS = ("head", "body", "write", "keepalive", "request", "queue")
+TIMEOUT_KINDS = ("handshake", "head", "body", "write", "keepalive", "request", "queue")
 # The refusals that are also timeouts, by reason code (http/reasons.py).
 TIMEOUT_KIND_OF_REASON: dict[str, str] = {
     "head_timeout": "head",
@@ -107,6 +107,7 @@ TIMEOUT_KIND_OF_REASON: dict[str, str] = {
     "send_timeout": "write",
     "send_too_slow": "write",
     "queue_timeout": "queue",
+    "tls_handshake_timeout": "handshake",
 }
 # The refusals that are load shedding (503 + Retry-After), by reason code.
 SHED_REASONS = frozenset(("pool_saturated", "queue_timeout", "client_in_flight"))

@@ -9,6 +9,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable
+from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
@@ -25,6 +26,7 @@ from hardserve.worker.call import WsgiApp, WsgiCall
 from hardserve.worker.connection import HttpConnection
 from hardserve.worker.fixed_headers import FixedHeaders
 from hardserve.worker.pool import Pool
+from hardserve.worker.tls_accept import TlsHandshake
 
 if TYPE_CHECKING:
     from hardserve.settings import Config
@@ -48,17 +50,16 @@ class Acceptor:
         factory: Callable[[], asyncio.Protocol],
         sockets: list[socket.socket],
         backlog: int,
-        context: tls.Context | None = None,
-        tls_handshake_timeout_s: float = 10.0,
+        tls_factory: Callable[[], asyncio.Protocol] | None = None,
     ) -> None:
         self._loop = loop
         self._factory = factory
         self._sockets = sockets
         self._backlog = backlog
         # With TLS configured the tls:// listeners speak it, or every TCP listener when no
-        # bind says tls://; unix sockets stay plain (a local proxy in front, docs/tls.md).
-        self._tls = context
-        self._tls_handshake_timeout_s = tls_handshake_timeout_s
+        # bind says tls://; unix sockets stay plain (a local proxy in front, docs/tls.md). Their
+        # connections start with a TlsHandshake (worker/tls_accept.py), on a plain server.
+        self._tls_factory = tls_factory
         self.servers: list[asyncio.AbstractServer] = []
         self._starting: asyncio.Task[None] | None = None
         self.accepting = False
@@ -72,11 +73,10 @@ class Acceptor:
             if sock.family == socket.AF_UNIX:
                 servers.append(await self._loop.create_unix_server(self._factory, **kwargs))
             else:
-                if self._tls is not None and tls.serves_tls(sock):
-                    kwargs["ssl"] = self._tls
-                    # 0 leaves the loop's own deadline (60 s): both loops refuse 0.
-                    kwargs["ssl_handshake_timeout"] = self._tls_handshake_timeout_s or None
-                servers.append(await self._loop.create_server(self._factory, **kwargs))
+                factory = self._factory
+                if self._tls_factory is not None and tls.serves_tls(sock):
+                    factory = self._tls_factory
+                servers.append(await self._loop.create_server(factory, **kwargs))
         if self.closed or not self.accepting:
             for server in servers:  # paused or closed while the servers were being made
                 server.close()
@@ -130,6 +130,11 @@ class WorkerShared:
         self.access_log = AccessLog(config.access_log_format, config.log_format)
         self.request_ids = RequestIds()
         self.connections: set[HttpConnection] = set()
+        # Connections on a TLS listener until their handshake ends; they count against the caps.
+        self.handshakes: set[TlsHandshake] = set()
+        # A TLS connection was counted as accepted when its handshake began; its HttpConnection,
+        # made at the hand-over, is not counted again.
+        self._handing_over = False
         self.stopping = False
         # The worker's numbers (observe/stats.py): changed only here, on the loop's thread.
         self.stats = stats if stats is not None else WorkerStats()
@@ -182,18 +187,51 @@ class WorkerShared:
         log_refusal(reason.code, reason.status, peer, request_line, detail, request_id)
 
     def connection_opened(self, connection: HttpConnection) -> None:
-        self.stats.connections_accepted += 1
+        if self._handing_over:
+            self._handing_over = False
+        else:
+            self.stats.connections_accepted += 1
         self.connections.add(connection)
+        self._opened()
+
+    def _opened(self) -> None:
         acceptor = self.acceptor
-        if len(self.connections) >= self._connections_max and acceptor is not None:
+        open_count = len(self.connections) + len(self.handshakes)
+        if open_count >= self._connections_max and acceptor is not None:
             if acceptor.accepting:
                 _error_log.warning(
                     "%d connections open: at connections_max, new connections wait in the backlog",
-                    len(self.connections),
+                    open_count,
                 )
             acceptor.pause()
 
-    def admit_client(self, connection: HttpConnection, peer: tuple[str, int] | None) -> bool:
+    def handshake_started(self, handshake: TlsHandshake) -> None:
+        self.stats.connections_accepted += 1
+        self.handshakes.add(handshake)
+        self._opened()
+
+    def handshake_ended(self, handshake: TlsHandshake, *, handed_over: bool) -> None:
+        """The handshake is over. Handed over, the connection is counted again at once by its
+        HttpConnection (so the acceptor is not restarted in between); else it is closed."""
+        if handshake not in self.handshakes:
+            return
+        self.handshakes.discard(handshake)
+        address = handshake.counted_address
+        if address is not None:
+            _decrement(self._client_connections, address)
+        if handed_over:
+            self._handing_over = True  # the HttpConnection's connection_made comes next
+        else:
+            self._closed()
+
+    def handshake_refused(self, reason: Reason, peer: tuple[str, int] | None, detail: str) -> None:
+        """Every failed TLS handshake that is a refusal comes here: one security-log line (status
+        0: closed unanswered), one count."""
+        self.refused(reason, peer, b"", detail)
+
+    def admit_client(
+        self, connection: HttpConnection | TlsHandshake, peer: tuple[str, int] | None
+    ) -> bool:
         """Count the connection under its client's address (the direct peer, or the source a
         PROXY protocol header gave); False when that client already holds its share (the
         connection is then closed at once, unanswered)."""
@@ -215,15 +253,18 @@ class WorkerShared:
         address = connection.counted_address
         if address is not None:
             _decrement(self._client_connections, address)
+        self._closed()
+
+    def _closed(self) -> None:
         acceptor = self.acceptor
         if (
             acceptor is not None
             and not acceptor.accepting
             and not self.stopping
-            and len(self.connections) < self._connections_resume
+            and len(self.connections) + len(self.handshakes) < self._connections_resume
         ):
             acceptor.resume()
-        if not self.connections and self._all_closed is not None:
+        if not self.connections and not self.handshakes and self._all_closed is not None:
             self._all_closed.set()
 
     def client_request_started(self, address: str) -> bool:
@@ -314,14 +355,17 @@ class WorkerShared:
         return False
 
     async def drain(self, timeout_s: float) -> bool:
-        """Close idle connections, let busy ones finish their response; True if all closed."""
+        """Close idle connections, let busy ones finish their response, cut handshakes in
+        progress; True if all closed."""
         self.stopping = True
+        for handshake in list(self.handshakes):
+            handshake.drop()
         for connection in list(self.connections):
             try:
                 connection.close_when_idle()
             except Exception:  # one broken connection must not stop the others' drain
                 _error_log.exception("error closing a connection during shutdown")
-        if not self.connections:
+        if not self.connections and not self.handshakes:
             return True
         self._all_closed = asyncio.Event()
         try:
@@ -346,16 +390,14 @@ async def start_servers(
         return HttpConnection(shared)
 
     config = shared.config
-    acceptor = Acceptor(
-        loop,
-        factory,
-        sockets,
-        config.listen_backlog,
-        # Loaded by the master (at start, again on HUP) and inherited through fork; never
-        # read per connection.
-        tls.worker_context(config),
-        config.limits.tls_handshake_timeout_s,
-    )
+    # Loaded by the master (at start, again on HUP) and inherited through fork; never read
+    # per connection.
+    context = tls.worker_context(config)
+    tls_factory = None
+    if context is not None:
+        timeout_s = config.limits.tls_handshake_timeout_s
+        tls_factory = partial(TlsHandshake, shared, context, timeout_s, factory)
+    acceptor = Acceptor(loop, factory, sockets, config.listen_backlog, tls_factory)
     shared.acceptor = acceptor
     await acceptor.start()
     return acceptor
