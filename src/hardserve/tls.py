@@ -1,7 +1,9 @@
 """The one place that builds an SSLContext (and the only module that imports ssl). The master
-builds it once, before it forks the workers, and again on HUP or when the files change
-(FileWatch); no connection ever reads a certificate file. A failed handshake is named here
-(handshake_refusal), for the worker's security log.
+builds it once, before it forks the workers, and again on HUP (for the workers that HUP
+starts). When the files change (FileWatch, in the master) and load, the master tells each
+running worker, which builds a new context off its loop and swaps it in for its new
+connections, without a restart. No connection ever reads a certificate file. A failed
+handshake is named here (handshake_refusal), for the worker's security log.
 
 Defaults: TLS 1.2 at the least (1.3 with --tls-min-version TLSv1.3), the ssl module's cipher set
 unless --ciphers names another, ALPN http/1.1, no TLS compression, no renegotiation."""
@@ -195,7 +197,8 @@ class FileWatch:
     looked at every tls_reload_check_s with one stat() each. A change is taken up once it has
     held for a whole interval, so that a renewal writing the certificate, then the key, is one
     change and not a broken pair; and only when the files load (`poll` raises TlsError, once
-    per change, when they do not: the running pair stays)."""
+    per change, when they do not: the running pair stays). Files that load become the master's
+    context (check), the one the workers it starts from then on serve with."""
 
     def __init__(self, config: Config, now: float) -> None:
         self._files = _watched_files(config)
@@ -222,7 +225,7 @@ class FileWatch:
             return False
         self._pending = None
         self._seen = identities
-        build_context(config)  # TlsError: they do not load
+        check(config)  # TlsError: they do not load
         return True
 
 

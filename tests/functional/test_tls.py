@@ -33,8 +33,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hardserve.http.limits import Limits
+from hardserve.settings import Config
+from hardserve.worker.heartbeat import TLS_RELOAD, Heartbeat, channel
+from hardserve.worker.main import Worker
 from hardserve.worker.server import WorkerShared
 from tests.helpers import (
+    DEFAULT_SETTINGS,
     ROOT,
     TIMEOUT_S,
     Response,
@@ -844,31 +848,227 @@ def test_hup_with_a_broken_pair_keeps_serving_the_old_certificate(
     assert "Traceback" not in log
 
 
-def test_certificate_files_replaced_on_disk_are_taken_up_without_a_hup(
-    pki: Pki, tmp_path: Path, clean_server_env: None
-) -> None:
-    cert, key = pki.server_pair("watch-before", "127.0.0.1")
+def _serial_of(cert: Path) -> int:
+    return x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+
+
+def _live_pair(pki: Pki, tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
+    """A new pair copied to live.pem and live.key (the files the server is given), and the
+    certificate it was copied from."""
+    cert, key = pki.server_pair(name, "127.0.0.1")
     live_cert, live_key = tmp_path / "live.pem", tmp_path / "live.key"
     live_cert.write_bytes(cert.read_bytes())
     live_key.write_bytes(key.read_bytes())
-    args = ("--certfile", str(live_cert), "--keyfile", str(live_key))
+    return live_cert, live_key, cert
+
+
+def _children(pid: int) -> set[int]:
+    """The live (not zombie) child processes of `pid`: the master's workers."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            found.update(int(c) for c in (task / "children").read_text().split())
+    live = set()
+    for child in found:
+        with contextlib.suppress(FileNotFoundError):
+            if Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+                live.add(child)
+    return live
+
+
+def _workers(server: Any, count: int) -> set[int]:
+    """The master's workers once there are `count` of them, all serving."""
+    _wait_for_line(server, "listening at")
+    deadline = time.monotonic() + TIMEOUT_S
+    while len(found := _children(server.process.pid)) != count:
+        assert time.monotonic() < deadline, f"{found} are not {count} workers"
+        time.sleep(0.02)
+    return found
+
+
+def _pids_that_logged(server: Any, text: str) -> list[int]:
+    """The pid of the process that wrote each error-log line containing `text`."""
+    found = (
+        re.search(r"\] \[(\d+)\] \[", line) for line in list(server.stderr_lines) if text in line
+    )
+    return [int(match[1]) for match in found if match]
+
+
+_LOADED_AGAIN = "TLS files loaded again"
+
+
+def test_certificate_files_replaced_on_disk_are_taken_up_without_a_hup(
+    pki: Pki, tmp_path: Path, clean_server_env: None
+) -> None:
+    """A renewal written over the files: each worker loads the new pair and serves it to new
+    connections, without a restart; a keep-alive connection made before goes on."""
+    live_cert, live_key, cert = _live_pair(pki, tmp_path, "watch-before")
+    args = ("--certfile", str(live_cert), "--keyfile", str(live_key), "--workers", "2")
     with serve_process(HELLO, *args, "--tls-reload-check-s", "0.2", cwd=str(ROOT)) as server:
-        before = _served_serial(pki, server.port)
-        # A broken pair first (a key that is not the certificate's): logged, nothing reloaded.
-        live_key.write_bytes(pki.other_key.read_bytes())
-        _wait_for_line(server, "TLS files changed but do not load")
-        assert _served_serial(pki, server.port) == before
-        new_cert, new_key = pki.server_pair("watch-after", "127.0.0.1")
-        live_cert.write_bytes(new_cert.read_bytes())
-        live_key.write_bytes(new_key.read_bytes())
-        _wait_for_line(server, "every worker replaced")
-        after = _served_serial(pki, server.port)
+        workers = _workers(server, 2)
+        assert _served_serial(pki, server.port) == _serial_of(cert)
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) as raw,
+            client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1") as kept,
+        ):
+            assert get(kept)[0][0].status == 200
+            new_cert, new_key = pki.server_pair("watch-after", "127.0.0.1")
+            live_cert.write_bytes(new_cert.read_bytes())
+            live_key.write_bytes(new_key.read_bytes())
+            assert wait_until(lambda: len(_pids_that_logged(server, _LOADED_AGAIN)) == 2), "".join(
+                server.stderr_lines
+            )
+            # Each worker has swapped: whichever takes a new connection serves the new pair.
+            assert {_served_serial(pki, server.port) for _ in range(8)} == {_serial_of(new_cert)}
+            # The connection made before keeps its session and is served on.
+            responses, _ = get(kept, 2)
+            assert [r.status for r in responses] == [200, 200]
+            der = kept.getpeercert(binary_form=True)
+            assert der is not None
+            assert x509.load_der_x509_certificate(der).serial_number == _serial_of(cert)
+        assert _children(server.process.pid) == workers  # no worker was replaced
+        assert sorted(_pids_that_logged(server, _LOADED_AGAIN)) == sorted(workers)
         log = "".join(server.stderr_lines)
-    assert before == x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
-    assert after == x509.load_pem_x509_certificate(new_cert.read_bytes()).serial_number
-    assert log.count("TLS files changed: reloading") == 1
-    assert log.count("TLS files changed but do not load") == 1
-    assert "KEY_VALUES_MISMATCH" in log
+    assert log.count("TLS files changed: the workers load them for new connections") == 1
+    assert "replaced" not in log
+    assert "died" not in log
+
+
+def test_a_broken_pair_on_disk_is_logged_once_and_the_old_certificate_stays(
+    pki: Pki, tmp_path: Path, clean_server_env: None
+) -> None:
+    live_cert, live_key, cert = _live_pair(pki, tmp_path, "broken-before")
+    args = ("--certfile", str(live_cert), "--keyfile", str(live_key), "--workers", "2")
+    with serve_process(HELLO, *args, "--tls-reload-check-s", "0.1", cwd=str(ROOT)) as server:
+        workers = _workers(server, 2)
+        before = _served_serial(pki, server.port)
+        live_key.write_bytes(pki.other_key.read_bytes())  # no longer the certificate's key
+        _wait_for_line(server, "TLS files changed but do not load")
+        assert {_served_serial(pki, server.port) for _ in range(4)} == {before}
+
+        def logged_again() -> bool:
+            return "".join(server.stderr_lines).count("TLS files changed but do not load") > 1
+
+        # Ten more looks at the files (a bounded wait: checking that nothing more happens).
+        assert not wait_until(logged_again, timeout_s=1.0)
+        assert _children(server.process.pid) == workers
+        assert server.process.poll() is None
+        log = "".join(server.stderr_lines)
+    assert before == _serial_of(cert)
+    assert (
+        f"TLS files changed but do not load, the running ones stay: cannot load --certfile "
+        f"{live_cert} with --keyfile {live_key}: KEY_VALUES_MISMATCH" in log
+    )
+    assert "TLS files changed: the workers load" not in log
+    assert _LOADED_AGAIN not in log
+    assert "Traceback" not in log
+
+
+# -- the swap inside one worker ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serve_with_channel(app: Any, **settings: Any) -> Iterator[tuple[RunningServer, int]]:
+    """One worker in a thread with a master-worker channel, as a master would run it: the
+    server and the master's end of the channel."""
+    master_end, worker_end = channel()
+    os.set_blocking(master_end, False)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    host, port = sock.getsockname()
+    config = Config(bind=(f"{host}:{port}",), **{**DEFAULT_SETTINGS, **settings})
+    worker = Worker(app, config, [sock], Heartbeat(worker_end))
+    thread = threading.Thread(target=worker.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    try:
+        assert worker.ready.wait(TIMEOUT_S), "worker did not start"
+        yield RunningServer(host, port, worker), master_end
+    finally:
+        worker.stop()
+        thread.join(TIMEOUT_S)
+        sock.close()
+        os.close(master_end)
+        os.close(worker_end)
+        assert not thread.is_alive(), "worker did not stop"
+
+
+class ErrorLines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def error_log() -> Iterator[ErrorLines]:
+    logger = logging.getLogger("hardserve.error")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    handler = ErrorLines()
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield handler
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def _context_of(server: RunningServer) -> Any:
+    acceptor = shared_of(server).acceptor
+    assert acceptor is not None
+    return acceptor.tls_context
+
+
+@pytest.mark.usefixtures("both_loops")
+def test_a_worker_told_to_reload_swaps_the_context_for_new_connections(
+    pki: Pki, tmp_path: Path, error_log: ErrorLines
+) -> None:
+    live_cert, live_key, cert = _live_pair(pki, tmp_path, "swap-before")
+    settings = {"certfile": str(live_cert), "keyfile": str(live_key)}
+    with serve_with_channel(environ_app, **settings) as (server, master_end):
+        old = _context_of(server)
+        with tls_connect(server, client_context(pki)) as kept:
+            assert get_environ(kept)["HTTPS"] == "on"
+            new_cert, new_key = pki.server_pair("swap-after", "127.0.0.1")
+            live_cert.write_bytes(new_cert.read_bytes())
+            live_key.write_bytes(new_key.read_bytes())
+            os.write(master_end, TLS_RELOAD)
+            assert wait_until(lambda: _context_of(server) is not old), error_log.lines
+            assert _served_serial(pki, server.port) == _serial_of(new_cert)
+            assert get_environ(kept)["HTTPS"] == "on"  # made before the swap: served on
+            der = kept.getpeercert(binary_form=True)
+            assert der is not None
+            assert x509.load_der_x509_certificate(der).serial_number == _serial_of(cert)
+    assert error_log.lines.count("TLS files loaded again: new connections use them") == 1
+
+
+@pytest.mark.usefixtures("both_loops")
+def test_a_worker_keeps_its_context_when_the_files_no_longer_load(
+    pki: Pki, tmp_path: Path, error_log: ErrorLines
+) -> None:
+    """The files changed again between the master's load and the worker's (or the worker
+    cannot read them): the worker logs why and serves on with the pair it has."""
+    live_cert, live_key, cert = _live_pair(pki, tmp_path, "stay")
+    settings = {"certfile": str(live_cert), "keyfile": str(live_key)}
+    with serve_with_channel(environ_app, **settings) as (server, master_end):
+        old = _context_of(server)
+        live_key.write_bytes(pki.other_key.read_bytes())
+        os.write(master_end, TLS_RELOAD)
+        os.write(master_end, TLS_RELOAD)  # two in a row: loaded twice at most, never at once
+
+        def failed() -> int:
+            return sum("TLS files not loaded again" in line for line in error_log.lines)
+
+        assert wait_until(lambda: failed() >= 1), error_log.lines
+        assert _context_of(server) is old
+        assert _served_serial(pki, server.port) == _serial_of(cert)
+    assert 1 <= failed() <= 2
+    assert any("KEY_VALUES_MISMATCH" in line for line in error_log.lines)
+    assert not any("loaded again:" in line for line in error_log.lines)
 
 
 # -- which listeners speak TLS ----------------------------------------------------------------

@@ -3,8 +3,11 @@ and the environ keys of a client certificate."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
 import ssl
+import time
 import warnings
 from pathlib import Path
 
@@ -17,7 +20,9 @@ from cryptography.x509.oid import NameOID
 from hardserve import tls
 from hardserve.http import reasons
 from hardserve.master import listeners
+from hardserve.master.arbiter import Arbiter
 from hardserve.settings import Config, SettingError, is_public_bind, load
+from hardserve.worker.heartbeat import TLS_RELOAD, channel, tell
 
 
 def _pair(directory: Path, password: bytes | None = None) -> tuple[Path, Path]:
@@ -372,3 +377,85 @@ def test_the_watch_can_be_turned_off(tmp_path: Path) -> None:
     watch = tls.FileWatch(config, 0.0)
     cert.unlink()
     assert [watch.poll(config, now) for now in (5.0, 10.0, 100.0)] == [False, False, False]
+
+
+def test_files_that_load_become_the_context_of_workers_started_later(tmp_path: Path) -> None:
+    """A worker the master starts after the change (a replacement) serves the new pair too."""
+    config, cert, key = _watched(tmp_path)
+    tls.check(config)
+    before = tls.worker_context(config)
+    watch = tls.FileWatch(config, 0.0)
+    (tmp_path / "new").mkdir()
+    new_cert, new_key = _pair(tmp_path / "new")
+    _replace(cert, new_cert.read_bytes())
+    _replace(key, new_key.read_bytes())
+    assert not watch.poll(config, 5.0)
+    assert tls.worker_context(config) is before
+    assert watch.poll(config, 10.0)
+    after = tls.worker_context(config)
+    assert after is not None and after is not before
+    assert tls.worker_context(config) is after
+
+
+# -- the master's word to the workers ---------------------------------------------------------
+
+
+def test_the_master_tells_every_worker_and_retries_a_full_channel(tmp_path: Path) -> None:
+    """TLS_RELOAD goes to each worker's channel without blocking; a channel that is full is
+    written again on a later turn, once there is room."""
+    config, cert, key = _watched(tmp_path, interval_s=0.01)
+    arbiter = Arbiter(config, [], lambda fd, config: 0)
+    free_master, free_worker = channel()
+    full_master, full_worker = channel()
+    try:
+        for fd in (free_master, full_master):
+            os.set_blocking(fd, False)
+        os.set_blocking(full_worker, False)
+        os.set_blocking(free_worker, False)
+        arbiter._pipes.update({free_master: 101, full_master: 102})
+        while not _is_full(full_master):  # a worker whose loop does not read
+            pass
+        (tmp_path / "new").mkdir()
+        new_cert, new_key = _pair(tmp_path / "new")
+        _replace(cert, new_cert.read_bytes())
+        _replace(key, new_key.read_bytes())
+        deadline = time.monotonic() + 10.0
+        while not arbiter._tls_reload_due:
+            assert time.monotonic() < deadline, "the change was not taken up"
+            arbiter._watch_tls_files()
+            time.sleep(0.005)
+        assert arbiter._tls_reload_due == {full_master}
+        assert os.read(free_worker, 64) == TLS_RELOAD
+        arbiter._watch_tls_files()
+        assert arbiter._tls_reload_due == {full_master}  # still full: kept for later
+        messages = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                messages.append(os.read(full_worker, 64))
+        assert TLS_RELOAD not in messages
+        arbiter._watch_tls_files()
+        assert arbiter._tls_reload_due == set()
+        assert os.read(full_worker, 64) == TLS_RELOAD
+        with pytest.raises(BlockingIOError):
+            os.read(free_worker, 64)  # told once
+    finally:
+        for fd in (free_master, free_worker, full_master, full_worker):
+            os.close(fd)
+
+
+def _is_full(fd: int) -> bool:
+    try:
+        os.write(fd, b"x")
+    except BlockingIOError:
+        return True
+    return False
+
+
+def test_a_worker_that_is_gone_is_not_told_again() -> None:
+    master_end, worker_end = channel()
+    os.set_blocking(master_end, False)
+    os.close(worker_end)
+    try:
+        assert tell(master_end, TLS_RELOAD)  # nothing to retry
+    finally:
+        os.close(master_end)

@@ -28,7 +28,7 @@ from hardserve.master import policy
 from hardserve.master.listeners import describe
 from hardserve.observe.admin import AdminServer, Endpoints
 from hardserve.observe.stats import MESSAGE_TAG, Aggregate, Snapshot
-from hardserve.worker.heartbeat import BEAT, READY, RETIRING, STUCK, channel
+from hardserve.worker.heartbeat import BEAT, READY, RETIRING, STUCK, TLS_RELOAD, channel, tell
 
 if TYPE_CHECKING:
     from hardserve.master.systemd import Notifier
@@ -115,6 +115,8 @@ class Arbiter:
         self._build_info = build_info or {}
         self._metrics: Callable[[str | None], tuple[bytes, str]] | None = None
         self._tls_files = tls.FileWatch(config, time.monotonic())
+        # The channels of the workers still to be told TLS_RELOAD (theirs was full).
+        self._tls_reload_due: set[int] = set()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -152,8 +154,7 @@ class Arbiter:
             signum = self._signals.popleft()
             if signum != signal.SIGCHLD:
                 events.append(policy.SignalReceived(signum))
-        if self._tls_files_changed():
-            events.append(policy.SignalReceived(signal.SIGHUP))
+        self._watch_tls_files()
         events.extend(self._reap())
         events.append(policy.Tick())
         for event in events:
@@ -225,19 +226,24 @@ class Arbiter:
                 events.append(policy.Exited(pid, os.waitstatus_to_exitcode(status)))
         return events
 
-    def _tls_files_changed(self) -> bool:
-        """The certificate files changed and load: reload as on HUP (new workers, which get
-        the new pair). Files that do not load are logged once and change nothing."""
-        if self.reload_config is None:
-            return False
+    def _watch_tls_files(self) -> None:
+        """The certificate files changed and load: every live worker is told to load them
+        again and swap them in for its new connections (TLS_RELOAD), without a restart; a worker
+        started later gets them from the master's context (tls.check). Files that do not load
+        are logged once and change nothing."""
         try:
             changed = self._tls_files.poll(self.config, time.monotonic())
         except tls.TlsError as exc:
             _log.error("TLS files changed but do not load, the running ones stay: %s", exc)
-            return False
+            changed = False
         if changed:
-            _log.info("TLS files changed: reloading")
-        return changed
+            _log.info("TLS files changed: the workers load them for new connections")
+            self._tls_reload_due.update(self._pipes)
+        if self._tls_reload_due:
+            # Never a blocking write: a full channel is tried again on the next turn.
+            self._tls_reload_due = {
+                fd for fd in self._tls_reload_due if fd in self._pipes and not tell(fd, TLS_RELOAD)
+            }
 
     # -- actions -----------------------------------------------------------------------------
 
@@ -426,5 +432,6 @@ class Arbiter:
 
     def _close_pipe(self, fd: int) -> None:
         self._pipes.pop(fd, None)
+        self._tls_reload_due.discard(fd)
         with contextlib.suppress(OSError):
             os.close(fd)

@@ -7,6 +7,7 @@ each forked child. This is the only module that chooses uvloop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import logging
 import random
@@ -17,12 +18,13 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from hardserve import tls
 from hardserve.observe.logs import reopen_files
 from hardserve.observe.stats import WorkerStats
 from hardserve.worker.call import WsgiApp
-from hardserve.worker.heartbeat import BEAT, READY, RETIRING, STUCK, Heartbeat
+from hardserve.worker.heartbeat import BEAT, READY, RETIRING, STUCK, TLS_RELOAD, Heartbeat
 from hardserve.worker.pool import Pool
-from hardserve.worker.server import WorkerShared, start_servers
+from hardserve.worker.server import Acceptor, WorkerShared, start_servers
 
 if TYPE_CHECKING:
     from hardserve.settings import Config
@@ -75,6 +77,10 @@ class Worker:
         self._stop: asyncio.Event | None = None
         self._fast_stop = False
         self.ready = threading.Event()
+        # The TLS files are being loaded again off the loop; and once more after that, because
+        # the master said so again meanwhile.
+        self._tls_loading = False
+        self._tls_load_again = False
         # The worker's numbers, sent to the master with the heartbeat (observe/stats.py).
         self.stats = WorkerStats()
         # Each worker retires after its own number of requests, so they do not all go at once.
@@ -126,9 +132,11 @@ class Worker:
         shared = WorkerShared(self.app, self.config, pool, sys.stderr, self.stats)
         self.shared = shared
         acceptor = await start_servers(loop, shared, self.sockets)
+        listening = self._listen_to_master(loop, acceptor)
         if install_signals and threading.current_thread() is threading.main_thread():
             # TERM: graceful stop. INT and QUIT: fast stop. USR1: reopen log files. HUP is the
-            # master's; a worker ignores it (the master replaces workers to reload).
+            # master's; a worker ignores it (the master replaces workers to reload, and says
+            # TLS_RELOAD on the channel when only the TLS files changed).
             loop.add_signal_handler(signal.SIGTERM, self._stop.set)
             for signum in (signal.SIGINT, signal.SIGQUIT):
                 loop.add_signal_handler(signum, self._stop_fast)
@@ -141,6 +149,8 @@ class Worker:
         if self.heartbeat is not None:
             self.heartbeat.send(READY)
         await self._stop.wait()
+        if listening:
+            loop.remove_reader(listening)
         acceptor.close()
         if self._fast_stop:
             _log.info("stopping now: requests in progress are cut")
@@ -155,6 +165,61 @@ class Worker:
         beat_timer[0].cancel()
         pool.stop(timeout=0.0 if self._fast_stop else 1.0)
         return 0
+
+    def _listen_to_master(self, loop: asyncio.AbstractEventLoop, acceptor: Acceptor) -> int:
+        """Read the master's messages on the loop, as they come; the descriptor watched (0:
+        none, a worker without a master)."""
+        heartbeat = self.heartbeat
+        if heartbeat is None:
+            return 0
+        fd = heartbeat.fileno()
+
+        def readable() -> None:
+            messages = heartbeat.receive()
+            if messages is None:  # the master's end is closed: nothing more will come
+                loop.remove_reader(fd)
+                return
+            if TLS_RELOAD in messages and acceptor.tls_context is not None:
+                self._reload_tls(loop, acceptor)
+
+        loop.add_reader(fd, readable)
+        return fd
+
+    def _reload_tls(self, loop: asyncio.AbstractEventLoop, acceptor: Acceptor) -> None:
+        """Load the TLS files again, on a short-lived thread (loading a key takes milliseconds
+        the loop must not wait), and swap the new context in on the loop: every later handshake
+        uses it, connections already made keep theirs. Files that do not load (changed again
+        since the master loaded them, unreadable) are logged and the running context stays.
+        The worker runs as the user the master loaded them as (docs/tls.md)."""
+        if self._tls_loading:
+            self._tls_load_again = True
+            return
+        self._tls_loading = True
+        config = self.config
+
+        def loaded(result: tls.Context | Exception | None) -> None:
+            self._tls_loading = False
+            if isinstance(result, tls.TlsError):
+                _log.error("TLS files not loaded again, the running ones stay: %s", result)
+            elif isinstance(result, Exception):
+                _log.error("TLS files not loaded again, the running ones stay", exc_info=result)
+            elif result is not None and not acceptor.closed:
+                acceptor.tls_context = result
+                _log.info("TLS files loaded again: new connections use them")
+            if self._tls_load_again:
+                self._tls_load_again = False
+                self._reload_tls(loop, acceptor)
+
+        def load() -> None:
+            result: tls.Context | Exception | None
+            try:
+                result = tls.build_context(config)
+            except Exception as exc:
+                result = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the worker stopped
+                loop.call_soon_threadsafe(loaded, result)
+
+        threading.Thread(target=load, name="hardserve-tls-load", daemon=True).start()
 
     def _beat(
         self, loop: asyncio.AbstractEventLoop, shared: WorkerShared

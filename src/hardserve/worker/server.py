@@ -9,7 +9,6 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable
-from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
@@ -50,7 +49,8 @@ class Acceptor:
         factory: Callable[[], asyncio.Protocol],
         sockets: list[socket.socket],
         backlog: int,
-        tls_factory: Callable[[], asyncio.Protocol] | None = None,
+        tls_factory: Callable[[tls.Context], asyncio.Protocol] | None = None,
+        tls_context: tls.Context | None = None,
     ) -> None:
         self._loop = loop
         self._factory = factory
@@ -60,6 +60,9 @@ class Acceptor:
         # bind says tls://; unix sockets stay plain (a local proxy in front, docs/tls.md). Their
         # connections start with a TlsHandshake (worker/tls_accept.py), on a plain server.
         self._tls_factory = tls_factory
+        # The context each new handshake is given. The worker swaps in a new one when the master
+        # says the files changed (worker/main.py); connections already made keep theirs.
+        self.tls_context = tls_context
         self.servers: list[asyncio.AbstractServer] = []
         self._starting: asyncio.Task[None] | None = None
         self.accepting = False
@@ -75,13 +78,17 @@ class Acceptor:
             else:
                 factory = self._factory
                 if self._tls_factory is not None and tls.serves_tls(sock):
-                    factory = self._tls_factory
+                    factory = self._tls_connection
                 servers.append(await self._loop.create_server(factory, **kwargs))
         if self.closed or not self.accepting:
             for server in servers:  # paused or closed while the servers were being made
                 server.close()
             return
         self.servers = servers
+
+    def _tls_connection(self) -> asyncio.Protocol:
+        assert self._tls_factory is not None and self.tls_context is not None
+        return self._tls_factory(self.tls_context)
 
     def pause(self) -> None:
         if not self.accepting:
@@ -390,14 +397,17 @@ async def start_servers(
         return HttpConnection(shared)
 
     config = shared.config
-    # Loaded by the master (at start, again on HUP) and inherited through fork; never read
-    # per connection.
+    # Loaded by the master (at start, again on HUP) and inherited through fork; loaded again
+    # by the worker when the files change (Acceptor.tls_context); never read per connection.
     context = tls.worker_context(config)
     tls_factory = None
     if context is not None:
         timeout_s = config.limits.tls_handshake_timeout_s
-        tls_factory = partial(TlsHandshake, shared, context, timeout_s, factory)
-    acceptor = Acceptor(loop, factory, sockets, config.listen_backlog, tls_factory)
+
+        def tls_factory(context: tls.Context) -> TlsHandshake:
+            return TlsHandshake(shared, context, timeout_s, factory)
+
+    acceptor = Acceptor(loop, factory, sockets, config.listen_backlog, tls_factory, context)
     shared.acceptor = acceptor
     await acceptor.start()
     return acceptor
