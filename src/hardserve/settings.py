@@ -407,7 +407,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "tls_reload_check_s",
         "How often the master looks for a change of the certificate, key, password and CA "
-        "files; a change that has settled and loads is taken up as on HUP. 0 turns it off.",
+        "files; a change that has settled and loads is loaded again by the running workers for "
+        "new connections, without a restart. 0 turns it off.",
         5.0,
         float,
         metavar="SECONDS",

@@ -182,7 +182,7 @@ def test_startup_lines_with_defaults() -> None:
         text = _startup(server.stderr_lines)
     assert re.search(r"starting hardserve \S+ \(Python ", text)
     assert f"binds: http://127.0.0.1:{server.port}\n" in text
-    assert "workers: 1, threads per worker: 8, pool queue: 64, loop: auto" in text
+    assert "workers: 1, threads per worker: 8, pool queue: 1024, loop: auto" in text
     assert "limits: body_max_bytes=104857600, head_max_bytes=65536, head_timeout_s=10.0" in text
     assert "logs: error -, access off, format text" in text
     # The test machines run as root with HARDSERVE_ALLOW_ROOT (tests/conftest.py): that is named.
