@@ -311,6 +311,9 @@ class HttpConnection(asyncio.Protocol):
         if self._body is not None:
             self._body.fail(BodyReadError("client closed the connection"))
         self._transport = None
+        # Break the cycle through the last call (call -> sink -> connection), so the connection
+        # is freed by its reference count when the loop drops it, not by a GC pass.
+        self._call = None
         self._shared.connection_closed(self)
 
     def pause_writing(self) -> None:
@@ -802,6 +805,12 @@ class HttpConnection(asyncio.Protocol):
     def _next_cycle(self, *, process: bool = True) -> None:
         self._head = None
         self._framer = None
+        # The finished request's objects are not kept while the connection waits for the next
+        # one: its environ is most of an idle connection's memory, and the call refers back to
+        # this connection (a cycle only the garbage collector could free).
+        self._call = None
+        self._input = None
+        self.environ = None
         self._body_window = None
         if self._send_timer is None:
             # Each response gets its own allowance; one still leaving keeps its window.

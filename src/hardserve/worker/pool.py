@@ -102,3 +102,5 @@ class Pool:
                 job()
             except BaseException:  # a job must never kill its thread
                 _log.exception("unhandled error in a pool thread")
+            # An idle thread must not keep its last call (and that call's connection) alive.
+            job = None
