@@ -210,6 +210,49 @@ def test_head_not_finished_in_time_gets_408() -> None:
     assert closed
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /a HTTP/1.0\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc",
+    ],
+)
+def test_a_client_that_said_close_is_closed_without_lingering(raw: bytes) -> None:
+    """The client said it sends nothing more, and all it sent was read: the server closes at
+    once instead of half-closing and waiting (here up to a minute) for the client's FIN."""
+    with serve(echo_path, limits=Limits(linger_timeout_s=60)) as server:
+        shared = server.worker.shared
+        assert shared is not None
+        with server.connect() as sock:
+            sock.sendall(raw)
+            responses, closed = read_responses(sock, 1, method=raw.split(b" ")[0])
+            assert responses[0].body == b"/a|" + (b"abc" if raw.startswith(b"POST") else b"")
+            assert closed
+            # The client keeps its socket open: only the server's own close ends the connection.
+            assert wait_until(lambda: not shared.connections)
+
+
+def test_a_connection_the_server_ends_still_reads_what_the_client_sends() -> None:
+    """The client asked for keep-alive; the server ends the connection (its request cap). The
+    client may have sent its next request already, so the server lingers: it reads and drops
+    what arrives, and the client sees the end of the stream, not a reset."""
+    with (
+        serve(echo_path, limits=Limits(keepalive_requests_max=1, linger_timeout_s=60)) as server,
+        server.connect() as sock,
+    ):
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        responses, closed = read_responses(sock, 1)
+        assert responses[0].header("Connection") == "close"
+        assert closed
+        sock.sendall(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        # A closed socket would answer these bytes with a reset (ConnectionResetError here).
+        assert sock.recv(1) == b""
+        shared = server.worker.shared
+        assert shared is not None
+        assert len(shared.connections) == 1
+
+
 def _connections_alive() -> int:
     return sum(1 for obj in gc.get_objects() if isinstance(obj, HttpConnection))
 

@@ -1169,6 +1169,21 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._close()
 
+    def _client_sends_no_more(self) -> bool:
+        """Whether the client has said it sends nothing after its request (Connection: close,
+        or HTTP/1.0 without keep-alive; RFC 9112 section 9.6: it MUST NOT send another), and
+        all it sent has been read. Then nothing can arrive that a lingering close would have
+        to read, and the connection is closed at once: the half-close, the wait for the
+        client's FIN and the read of it cost about as much as the rest of such a connection."""
+        head = self._head
+        parser = self._parser
+        return (
+            head is not None
+            and not head.keep_alive
+            and parser.message_done
+            and not parser.buffered_bytes
+        )
+
     def _close(self) -> None:
         if self._closing:
             return
@@ -1185,7 +1200,7 @@ class HttpConnection(asyncio.Protocol):
             # A closing transport flushes its buffer for as long as it takes; a client that
             # stops reading must not keep it (and its buffer) forever.
             self._watch_send()
-        if self._peer_eof or not transport.can_write_eof():
+        if self._peer_eof or not transport.can_write_eof() or self._client_sends_no_more():
             transport.close()
             return
         # Lingering close (RFC 9112 section 9.6): closing a socket with unread input makes the
