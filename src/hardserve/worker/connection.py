@@ -227,7 +227,8 @@ class HttpConnection(asyncio.Protocol):
         self._socket_fd = -1
         self.can_sendfile = False
         self._gate = WriteGate(self._limits.write_queue_bytes)
-        self._loop = asyncio.get_running_loop()
+        # The worker's loop when it is known (asyncio.get_running_loop costs a getpid call).
+        self._loop = shared.loop or asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
         self._deadline_callback: Callable[[], None] | None = None

@@ -134,6 +134,7 @@ class WorkerShared:
         self._client_connections: dict[str, int] = {}
         self._client_in_flight: dict[str, int] = {}
         self.acceptor: Acceptor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by start_servers
         self.forwarders = TrustedPeers.parse(config.forwarded_allow_ips)
         self.forwarded_headers: HeaderFamily = cast(HeaderFamily, config.forwarded_headers)
         self.proxy_peers = (
@@ -293,6 +294,7 @@ async def start_servers(
     def factory() -> HttpConnection:
         return HttpConnection(shared)
 
+    shared.loop = loop
     config = shared.config
     acceptor = Acceptor(
         loop,
