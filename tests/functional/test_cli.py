@@ -381,6 +381,15 @@ def test_threads_sets_the_pool_size(
     assert len(threads) == expected, threads
 
 
+def test_a_worker_freezes_what_it_holds_at_start() -> None:
+    """The app and the modules a worker loaded live as long as it does: gc.freeze() keeps every
+    full collection from walking them again."""
+    with serve_process("tests.apps_cli.probe:app", cwd=str(ROOT)) as server:
+        reply = fetch(server)
+    assert reply.status == 200
+    assert json.loads(reply.body)["gc_frozen"] > 1000
+
+
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import re
 import socket
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from hardserve.http.limits import Limits
+from hardserve.worker.connection import HttpConnection
 from tests.helpers import (
     TIMEOUT_S,
     RunningServer,
@@ -206,6 +208,75 @@ def test_head_not_finished_in_time_gets_408() -> None:
         responses, closed = read_responses(sock, 1)
     assert responses[0].status == 408
     assert closed
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /a HTTP/1.0\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc",
+    ],
+)
+def test_a_client_that_said_close_is_closed_without_lingering(raw: bytes) -> None:
+    """The client said it sends nothing more, and all it sent was read: the server closes at
+    once instead of half-closing and waiting (here up to a minute) for the client's FIN."""
+    with serve(echo_path, limits=Limits(linger_timeout_s=60)) as server:
+        shared = server.worker.shared
+        assert shared is not None
+        with server.connect() as sock:
+            sock.sendall(raw)
+            responses, closed = read_responses(sock, 1, method=raw.split(b" ")[0])
+            assert responses[0].body == b"/a|" + (b"abc" if raw.startswith(b"POST") else b"")
+            assert closed
+            # The client keeps its socket open: only the server's own close ends the connection.
+            assert wait_until(lambda: not shared.connections)
+
+
+def test_a_connection_the_server_ends_still_reads_what_the_client_sends() -> None:
+    """The client asked for keep-alive; the server ends the connection (its request cap). The
+    client may have sent its next request already, so the server lingers: it reads and drops
+    what arrives, and the client sees the end of the stream, not a reset."""
+    with (
+        serve(echo_path, limits=Limits(keepalive_requests_max=1, linger_timeout_s=60)) as server,
+        server.connect() as sock,
+    ):
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        responses, closed = read_responses(sock, 1)
+        assert responses[0].header("Connection") == "close"
+        assert closed
+        sock.sendall(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        # A closed socket would answer these bytes with a reset (ConnectionResetError here).
+        assert sock.recv(1) == b""
+        shared = server.worker.shared
+        assert shared is not None
+        assert len(shared.connections) == 1
+
+
+def _connections_alive() -> int:
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, HttpConnection))
+
+
+def test_a_finished_connection_is_freed_without_the_garbage_collector() -> None:
+    """No reference cycle keeps a connection or its last request alive: with the collector
+    off, each is freed as soon as the loop lets go of it. A cycle would leave every closed
+    connection for the collector, whose passes then cost more than the rest of the work."""
+    with serve(echo_path) as server:
+        gc.collect()
+        gc.disable()
+        try:
+            with server.connect() as sock:
+                sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                read_responses(sock, 1)
+            with server.connect() as sock:
+                raw = b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+                sock.sendall(raw + b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+                responses, _ = read_responses(sock, 2, methods=[b"POST", b"GET"])
+                assert [r.body for r in responses] == [b"/b|hi", b"/c|"]
+            freed = wait_until(lambda: _connections_alive() == 0)
+        finally:
+            gc.enable()
+    assert freed
 
 
 def test_client_half_close_after_request_still_gets_the_answer() -> None:

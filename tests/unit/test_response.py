@@ -12,7 +12,11 @@ from typing import Any
 import h11
 import pytest
 
+from hardserve.http import response
 from hardserve.http.response import (
+    APP_SET_DATE,
+    APP_SET_REQUEST_ID,
+    APP_SET_SERVER,
     ResponseError,
     ResponseFramer,
     error_response,
@@ -155,7 +159,8 @@ def test_validate_headers_encodes_latin1() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "length"), [("0", 0), ("5", 5), ("0005", 5), (" 5 ", 5), ("123456789012345678", 123456789012345678)]
+    ("value", "length"),
+    [("0", 0), ("5", 5), ("0005", 5), (" 5 ", 5), ("123456789012345678", 123456789012345678)],
 )
 def test_validate_headers_reads_content_length(value: str, length: int) -> None:
     assert validate_headers([("content-LENGTH", value)])[1] == length
@@ -246,8 +251,71 @@ def test_validate_headers_allows_repeated_ordinary_fields() -> None:
 # -- framing: Content-Length -----------------------------------------------------------------
 
 
+def test_a_repeated_status_and_headers_give_the_same_verdict_as_the_first_time() -> None:
+    """The second time round the answers come from the caches: they must be the same."""
+    headers = [
+        ("Content-Type", "text/plain"),
+        ("Content-Length", " 13 "),
+        ("Date", "Sat, 01 Jan 2000 00:00:00 GMT"),
+        ("Server", "app"),
+        ("X-Request-ID", "abc"),
+    ]
+    first = validate_headers(list(headers))
+    assert first == (
+        [(n.encode(), v.encode()) for n, v in headers],
+        13,
+        APP_SET_DATE | APP_SET_SERVER | APP_SET_REQUEST_ID,
+    )
+    assert all(pair in response._HEADER_CACHE for pair in headers)
+    assert validate_headers(list(headers)) == first
+    assert parse_status("200 OK") == parse_status("200 OK") == (200, b"200 OK")
+
+
+def test_a_cached_content_length_still_counts_towards_two() -> None:
+    validate_headers([("Content-Length", "5")])
+    with pytest.raises(ResponseError, match="two Content-Length"):
+        validate_headers([("Content-Length", "5"), ("Content-Length", "5")])
+    with pytest.raises(ResponseError, match="two Content-Length"):
+        validate_headers([("Content-Length", "5"), ("content-length", "6")])
+
+
+def test_a_refused_header_is_refused_every_time() -> None:
+    for _ in range(2):
+        with pytest.raises(ResponseError):
+            validate_headers([("X-Bad", "a\r\nSet-Cookie: x=1")])
+        with pytest.raises(ResponseError):
+            parse_status("99 Too Low")
+    assert ("X-Bad", "a\r\nSet-Cookie: x=1") not in response._HEADER_CACHE
+    assert "99 Too Low" not in response._STATUS_CACHE
+
+
+def test_a_str_subclass_is_never_taken_from_the_cache() -> None:
+    class Sneaky(str):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        __hash__ = str.__hash__
+
+    validate_headers([("X-Fine", "ok")])
+    with pytest.raises(ResponseError, match="must be"):
+        validate_headers([(Sneaky("X-Fine"), "ok")])
+
+
+def test_the_caches_stop_growing_at_their_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(response, "_HEADER_CACHE", {})
+    monkeypatch.setattr(response, "_STATUS_CACHE", {})
+    for index in range(response._CACHE_MAX + 50):
+        assert validate_headers([("X-Echo", str(index))])[0] == [(b"X-Echo", str(index).encode())]
+        assert parse_status(f"200 {index}") == (200, f"200 {index}".encode())
+    assert len(response._HEADER_CACHE) == response._CACHE_MAX
+    assert len(response._STATUS_CACHE) == response._CACHE_MAX
+
+
 def test_content_length_from_the_app() -> None:
-    wire, framer = frame(headers=[("Content-Type", "text/plain"), ("Content-Length", "5")], pieces=[b"hel", b"", b"lo"])
+    wire, framer = frame(
+        headers=[("Content-Type", "text/plain"), ("Content-Length", "5")],
+        pieces=[b"hel", b"", b"lo"],
+    )
     seen = client_reads(wire)
     assert (seen.status, seen.body, seen.complete, seen.must_close) == (200, b"hello", True, False)
     assert seen.header(b"content-length") == b"5"
@@ -323,7 +391,9 @@ def test_http10_with_length_and_keep_alive() -> None:
 
 
 def test_http10_with_length_without_keep_alive() -> None:
-    wire, framer = frame(headers=[("Content-Length", "2")], pieces=[b"ok"], http11=False, client_keep_alive=False)
+    wire, framer = frame(
+        headers=[("Content-Length", "2")], pieces=[b"ok"], http11=False, client_keep_alive=False
+    )
     seen = client_reads(wire)
     assert seen.header(b"connection") == b"close"
     assert (seen.body, seen.must_close) == (b"ok", True)
@@ -494,4 +564,3 @@ def test_error_response(close: bool) -> None:
     assert seen.header(b"content-type") == b"text/plain; charset=utf-8"
     assert seen.header(b"connection") == (b"close" if close else None)
     assert seen.must_close is close
-

@@ -226,6 +226,8 @@ def test_the_pool_counts_its_busy_threads_and_its_queue() -> None:
         pool.start(loop)
         for _ in range(5):
             assert pool.submit(block)
+        # The jobs of a turn reach the threads when the turn's callbacks are done.
+        loop.run_until_complete(asyncio.sleep(0))
         for _ in range(2):
             assert entered.acquire(timeout=10)
         assert (pool.busy, pool.queued, pool.in_flight) == (2, 3, 5)

@@ -38,7 +38,21 @@ class ResponseError(ValueError):
     """The app broke the WSGI or HTTP rules for a response; it becomes a 500."""
 
 
+# What parse_status and validate_headers concluded, by the app's own strings: apps send the same
+# status and the same few header pairs on every response. Both are pure functions of those
+# strings (exactly str, so hashing and equality are str's own), so a hit is exactly as strict
+# as a fresh check. Only accepted values are kept, and the caches stop growing at their bound
+# (an app may echo client text into a header).
+_STATUS_CACHE: dict[str, tuple[int, bytes]] = {}
+_HEADER_CACHE: dict[tuple[str, str], tuple[tuple[bytes, bytes], int, int | None]] = {}
+_CACHE_MAX: Final = 512
+
+
 def parse_status(status: object) -> tuple[int, bytes]:
+    if type(status) is str:
+        known = _STATUS_CACHE.get(status)
+        if known is not None:
+            return known
     if not isinstance(status, str):
         raise ResponseError(f"status must be str, not {type(status).__name__}")
     match = _STATUS_RE.fullmatch(status)
@@ -47,7 +61,10 @@ def parse_status(status: object) -> tuple[int, bytes]:
     code = int(match.group(1))
     if code < 200:
         raise ResponseError(f"status {code}: an app cannot send an informational response")
-    return code, status.encode("latin-1")
+    parsed = code, status.encode("latin-1")
+    if type(status) is str and len(_STATUS_CACHE) < _CACHE_MAX:
+        _STATUS_CACHE[status] = parsed
+    return parsed
 
 
 APP_SET_DATE: Final = 1
@@ -64,7 +81,19 @@ def validate_headers(headers: object) -> tuple[list[Header], int | None, int]:
     encoded: list[Header] = []
     content_length: int | None = None
     app_set = 0
+    cache = _HEADER_CACHE
     for item in headers:
+        if type(item) is tuple and len(item) == 2 and type(item[0]) is str and type(item[1]) is str:
+            known = cache.get(item)
+            if known is not None:
+                known_pair, known_bit, known_length = known
+                if known_length is not None:
+                    if content_length is not None:
+                        raise ResponseError("two Content-Length headers")
+                    content_length = known_length
+                app_set |= known_bit
+                encoded.append(known_pair)
+                continue
         if type(item) is not tuple or len(item) != 2:
             raise ResponseError(f"header {item!r:.60} is not a (name, value) tuple")
         name, value = item
@@ -77,20 +106,26 @@ def validate_headers(headers: object) -> tuple[list[Header], int | None, int]:
         lowered = name.lower()
         if lowered in _HOP_BY_HOP:
             raise ResponseError(f"hop-by-hop header {name!r} belongs to the server")
+        set_bit = 0
+        length: int | None = None
         if lowered == "content-length":
             if content_length is not None:
                 raise ResponseError("two Content-Length headers")
             digits = value.strip(" \t")
             if not digits.isascii() or not digits.isdigit() or len(digits) > 18:
                 raise ResponseError(f"Content-Length {value[:40]!r} is not a number")
-            content_length = int(digits)
+            content_length = length = int(digits)
         elif lowered == "date":
-            app_set |= APP_SET_DATE
+            set_bit = APP_SET_DATE
         elif lowered == "server":
-            app_set |= APP_SET_SERVER
+            set_bit = APP_SET_SERVER
         elif lowered == "x-request-id":
-            app_set |= APP_SET_REQUEST_ID
-        encoded.append((name.encode("latin-1"), value.encode("latin-1")))
+            set_bit = APP_SET_REQUEST_ID
+        app_set |= set_bit
+        pair = (name.encode("latin-1"), value.encode("latin-1"))
+        encoded.append(pair)
+        if len(cache) < _CACHE_MAX:
+            cache[(name, value)] = (pair, set_bit, length)
     return encoded, content_length, app_set
 
 

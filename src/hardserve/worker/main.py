@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import gc
 import logging
 import random
 import signal
@@ -304,6 +305,11 @@ def run_worker(
     the exit status. SIGUSR2 writes every thread's stack to stderr (the master sends it to a
     worker that has fallen silent, before killing it)."""
     faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
+    # What the process holds now (the app, its modules, hardserve's own) lives as long as the
+    # worker: moved out of the collector's reach, it is no longer walked by every full
+    # collection (about 25 ms each with a small app, several a second with 1,024 connections).
+    gc.collect()
+    gc.freeze()
     heartbeat = Heartbeat(heartbeat_fd) if heartbeat_fd is not None else None
     try:
         return Worker(app, config, sockets, heartbeat).run()

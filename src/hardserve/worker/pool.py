@@ -1,10 +1,17 @@
 """The bounded thread pool that runs WSGI calls, and the one road back to the event loop.
 
-Jobs go to the threads through one SimpleQueue (no executor futures, no per-job loop wake-up).
-Threads hand work back to the loop by appending to a deque; the first append after the loop
-has emptied it schedules a single wake-up, so a burst of results costs one
-call_soon_threadsafe instead of one each. Measured against loop.run_in_executor in
-bench/RESULTS.md.
+Jobs the loop submits during one turn are handed to the threads together, when the turn's
+callbacks are done, and only a thread that is needed is woken: one when no thread is awake
+and free, and another each time a thread starts a job while more wait and none is free (so
+an app that blocks does not hold the rest back). Threads hand work back to the loop by
+appending to a deque; the first append after the loop has emptied it schedules a single
+wake-up, so a burst of results costs one call_soon_threadsafe instead of one each. Measured
+against loop.run_in_executor in bench/RESULTS.md.
+
+Why not one queue.SimpleQueue put per job: each put woke a thread at once, in the middle of
+the loop's turn. The woken thread preempted the loop at its next release of the GIL (uvloop
+releases it between callbacks), ran one job and slept again: two to four context switches per
+request, a quarter of the worker's CPU with keep-alive.
 """
 
 from __future__ import annotations
@@ -12,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -32,7 +38,15 @@ class Pool:
         # a request is answered 503 at once instead of waiting behind the others.
         self._limit = threads + backlog_max
         self.in_flight = 0
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        # Submitted during the loop's current turn, handed over by _hand_over at its end.
+        self._submitted: list[Job] = []
+        # Under _lock: the jobs the threads take (None tells a thread to exit), the parked
+        # threads (each waits on a lock of its own, the last parked is woken first) and how
+        # many threads are awake and not running a job (they take queued jobs unwoken).
+        self._lock = threading.Lock()
+        self._jobs: deque[Job | None] = deque()
+        self._parked: list[threading.Lock] = []
+        self._free = 0
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._to_loop: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
@@ -58,8 +72,21 @@ class Pool:
         if self.in_flight >= self._limit:
             return False
         self.in_flight += 1
-        self._jobs.put(job)
+        submitted = self._submitted
+        submitted.append(job)
+        if len(submitted) == 1:
+            assert self._loop is not None
+            self._loop.call_soon(self._hand_over)
         return True
+
+    def _hand_over(self) -> None:
+        """Give the jobs of the turn to the threads: wake one only if none is awake and free."""
+        with self._lock:
+            self._jobs.extend(self._submitted)
+            self._submitted.clear()
+            if not self._free and self._parked:
+                self._free += 1
+                self._parked.pop().release()
 
     def job_done(self) -> None:
         self.in_flight -= 1
@@ -73,11 +100,16 @@ class Pool:
     def queued(self) -> int:
         """Jobs no thread has taken yet (a withdrawn call among them until a thread drops it,
         which a free thread does at once)."""
-        return self._jobs.qsize()
+        return len(self._jobs) + len(self._submitted)
 
     def stop(self, timeout: float | None = None) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
+        with self._lock:
+            self._jobs.extend(self._submitted)
+            self._submitted.clear()
+            self._jobs.extend([None] * len(self._threads))
+            while self._parked:
+                self._free += 1
+                self._parked.pop().release()
         for thread in self._threads:
             thread.join(timeout)
 
@@ -109,13 +141,38 @@ class Pool:
     def _work(self, index: int) -> None:
         jobs = self._jobs
         busy = self._busy
+        lock = self._lock
+        parked = self._parked
+        wake_me = threading.Lock()
+        wake_me.acquire()
+        with lock:
+            self._free += 1
         while True:
-            job = jobs.get()
+            with lock:
+                if not jobs:
+                    # Nothing to do: park. Whoever wakes this thread counts it free again.
+                    self._free -= 1
+                    parked.append(wake_me)
+                    job = None
+                else:
+                    job = jobs.popleft()
+                    self._free -= 1
+                    if job is None:
+                        return  # stop()
+                    if jobs and not self._free and parked:
+                        # More jobs wait and no other thread is free to take them.
+                        self._free += 1
+                        parked.pop().release()
             if job is None:
-                return
+                wake_me.acquire()
+                continue
             busy[index] = 1
             try:
                 job()
             except BaseException:  # a job must never kill its thread
                 _log.exception("unhandled error in a pool thread")
             busy[index] = 0
+            # An idle thread must not keep its last call (and that call's connection) alive.
+            job = None
+            with lock:
+                self._free += 1

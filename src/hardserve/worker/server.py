@@ -156,6 +156,7 @@ class WorkerShared:
         self._client_connections: dict[str, int] = {}
         self._client_in_flight: dict[str, int] = {}
         self.acceptor: Acceptor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by start_servers
         self.forwarders = TrustedPeers.parse(config.forwarded_allow_ips)
         self.forwarded_headers: HeaderFamily = cast(HeaderFamily, config.forwarded_headers)
         self.proxy_peers = (
@@ -396,6 +397,7 @@ async def start_servers(
     def factory() -> HttpConnection:
         return HttpConnection(shared)
 
+    shared.loop = loop
     config = shared.config
     # Loaded by the master (at start, again on HUP) and inherited through fork; loaded again
     # by the worker when the files change (Acceptor.tls_context); never read per connection.
