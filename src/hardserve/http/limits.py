@@ -59,8 +59,9 @@ class Limits:
     # app. Past it the worker stops reading the socket.
     pipeline_buffer_bytes: int = 65536
 
-    # Response bytes queued for the socket before the app's thread waits for the client to
-    # read (transport high-water mark).
+    # Response bytes queued for the socket before the response waits for the client to read
+    # (transport high-water mark): an iterable's response parks and gives its thread back,
+    # write() and sendfile wait on their thread.
     write_buffer_bytes: int = 65536
 
     # Response bytes the app's thread may hand to the loop ahead of the transport before it
@@ -106,7 +107,8 @@ class Limits:
     # none; 10 s is the head deadline's budget. 0 means 60 s, the event loops' own default.
     tls_handshake_timeout_s: float = 10.0
 
-    # The app's thread waits at most this long for a slow reader to take queued response bytes.
+    # A response (parked, or waiting on its thread) waits at most this long for a slow reader
+    # to take queued response bytes; then the connection is reset.
     write_timeout_s: float = 30.0
 
     # The minimum average rate of a request body, in bytes per second, once `body_rate_grace_s`
@@ -124,7 +126,7 @@ class Limits:
     # The minimum rate at which a client must read a response while the worker waits on it
     # (the transport's buffer is full or a closing connection still holds unsent bytes). Only
     # waiting time counts, so a slow app is never blamed on its client. A slow reader below it
-    # is dropped and the app's thread released; a 50 MB response read at 1 KiB/s is not worth
+    # is dropped and its response ended; a 50 MB response read at 1 KiB/s is not worth
     # a connection slot for 14 hours. No peer has one; nginx send_timeout 60 s only bounds a
     # stall. 0 turns it off (write_timeout_s still bounds a stall).
     send_min_rate_bytes_s: int = 1024

@@ -4,10 +4,20 @@ The thread never touches the socket. It talks to its connection only through the
 it is given: `send` hands bytes to the loop (and waits while too many are queued, so a slow
 reader holds this thread for bounded time and no unbounded memory), `finish` ends the response,
 `abort` drops the connection. The one exception is sendfile, see FileWrapper.
+
+A response waiting on its client holds no thread: when the app's iterable yields a piece and the
+client is not reading (the transport has asked us to pause), the call parks instead of waiting.
+It keeps its iterator and the framed piece, hands a continuation to its sink and returns its
+thread to the pool; the loop queues the continuation again once the client has read, or once
+the connection is gone (the continuation then fails at once and closes the iterable, on a pool
+thread). Every call runs in a contextvars.Context of its own, so a generator resumed on another
+thread still sees the context variables its app set (Flask's stream_with_context, for one).
+`write()` and sendfile still wait on their thread.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -45,6 +55,8 @@ class ResponseSink(Protocol):
     can_sendfile: bool
 
     def send(self, data: Output) -> None: ...
+    def try_send(self, data: Output) -> bool: ...
+    def park(self, resume: Callable[[], None]) -> None: ...
     def finish(self, data: Output, keep_alive: bool, outcome: str) -> None: ...
     def abort(self, outcome: str) -> None: ...
     def sendfile(self, fileno: int, offset: int, count: int) -> int: ...
@@ -86,16 +98,28 @@ class WsgiCall:
     __slots__ = (
         "_app",
         "_claim",
+        "_context",
         "_environ",
         "_framer",
         "_head_sent",
+        "_parked_at",
+        "_pending",
+        "_pieces",
+        "_result",
         "_sink",
         "_status",
         "overdue_reported",
+        "parked_s",
         "queued_at",
         "started_at",
         "thread_id",
     )
+
+    _context: contextvars.Context
+    _result: Iterable[bytes] | None
+    _pieces: Iterator[bytes] | None
+    _pending: Output
+    _parked_at: float
 
     def __init__(
         self, app: WsgiApp, environ: dict[str, Any], framer: ResponseFramer, sink: ResponseSink
@@ -117,6 +141,11 @@ class WsgiCall:
         self.thread_id = 0
         self.started_at = 0.0
         self.overdue_reported = False
+        # Time spent parked, which is not time in the app (request_timeout_s, the master's
+        # stuck check). What a parked response goes on with (_context, _result, _pieces,
+        # _pending, _parked_at) is set when it is needed, not here: the calls that never park
+        # are the many.
+        self.parked_s = 0.0
 
     @property
     def request_line(self) -> str:
@@ -190,34 +219,81 @@ class WsgiCall:
             return  # withdrawn by the loop: the client left while the call was queued
         self.started_at = time.monotonic()
         self.thread_id = threading.get_ident()
+        # The app and every later step of its response run in this context (see the module's
+        # docstring): a parked response may go on on another thread.
+        context = self._context = contextvars.Context()
+        context.run(self._start)
+
+    def _start(self) -> None:
         result: Iterable[bytes] | None = None
+        parked = False
         try:
             result = self._app(self._environ, self.start_response)
             if isinstance(result, FileWrapper) and self._sink.can_sendfile:
-                self._send_file(result)
+                parked = self._send_file(result)
             elif type(result) is list or type(result) is tuple:
                 self._send_sequence(result)
             else:
-                self._send_iterable(result)
-        except ClientGone:
-            self._sink.abort("client_gone")
-        except BodyReadError as exc:
-            self._fail(exc, exc.status, f"request body: {exc} ({exc.code})".encode())
-        except Exception as exc:
-            self._fail(exc, 500, _GENERIC_500)
+                parked = self._send_iterable(iter(result))
         except BaseException as exc:
+            self._failed(exc)
+        finally:
+            if parked:
+                self._park(result)
+            elif result is not None:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    _close_iterable(result)
+
+    def resume(self) -> None:
+        """On a pool thread: go on with a parked response (the client has read, or the
+        connection is gone and the pending write fails at once)."""
+        self.parked_s += time.monotonic() - self._parked_at
+        self.thread_id = threading.get_ident()
+        self._context.run(self._go_on)
+
+    def _go_on(self) -> None:
+        result, self._result = self._result, None
+        pieces, self._pieces = self._pieces, None
+        pending, self._pending = self._pending, b""
+        parked = False
+        try:
+            if not self._sink.try_send(pending):
+                parked = True  # the client is not reading yet after all
+                self._pieces = pieces
+                self._pending = pending
+            elif self._framer.bodyless or pieces is None:
+                self._end(b"")
+            else:
+                parked = self._send_iterable(pieces)
+        except BaseException as exc:
+            self._failed(exc)
+        finally:
+            if parked:
+                self._park(result)
+            elif result is not None:
+                _close_iterable(result)
+
+    def _park(self, result: Iterable[bytes] | None) -> None:
+        """Hand the response to the loop and give this thread back; nothing of the call may be
+        touched after `park`, another thread may already be running its continuation."""
+        self._result = result
+        self._parked_at = time.monotonic()
+        self.thread_id = 0
+        self._sink.park(self.resume)
+
+    def _failed(self, exc: BaseException) -> None:
+        if isinstance(exc, ClientGone):
+            self._sink.abort("client_gone")
+        elif isinstance(exc, BodyReadError):
+            self._fail(exc, exc.status, f"request body: {exc} ({exc.code})".encode())
+        elif isinstance(exc, Exception):
+            self._fail(exc, 500, _GENERIC_500)
+        else:
             # SystemExit or KeyboardInterrupt raised inside the app must not leave the
             # connection waiting forever for an answer: cut it, log, and keep the thread.
             _log.error("app raised %s; connection closed", type(exc).__name__, exc_info=exc)
             self._sink.abort("app_error")
-        finally:
-            if result is not None:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    try:
-                        close()
-                    except Exception:
-                        _log.exception("error in close() of the response iterable")
 
     def _fail(self, exc: BaseException, status: int, body: bytes) -> None:
         method = self._environ.get("REQUEST_METHOD", "")
@@ -252,18 +328,25 @@ class WsgiCall:
                 out += framed
         self._end(out)
 
-    def _send_iterable(self, result: Iterable[bytes]) -> None:
-        send = self._sink.send
-        for piece in result:
+    def _send_iterable(self, pieces: Iterator[bytes]) -> bool:
+        """Send what the iterator yields; True when the call must park (the client is not
+        reading): the iterator and the framed piece are kept for the continuation."""
+        try_send = self._sink.try_send
+        for piece in pieces:
             if type(piece) is not bytes:
                 raise TypeError(f"the app yielded {type(piece).__name__}, not bytes")
             if piece:
-                send(self._frame(piece, None))
+                framed = self._frame(piece, None)
+                if not try_send(framed):
+                    self._pieces = None if self._framer.bodyless else pieces
+                    self._pending = framed
+                    return True
                 if self._framer.bodyless:
                     # HEAD, 204, 304: nothing more will be sent, so stop asking the app for
                     # bytes (an endless stream would hold this thread forever); close() follows.
                     break
         self._end(b"" if self._head_sent else self._head(None))
+        return False
 
     def _end(self, out: Output) -> None:
         framer = self._framer
@@ -289,17 +372,17 @@ class WsgiCall:
             )
         self._sink.finish(out, framer.keep_alive, outcome)
 
-    def _send_file(self, wrapper: FileWrapper) -> None:
+    def _send_file(self, wrapper: FileWrapper) -> bool:
+        """sendfile on this thread (it waits on a slow reader: see HttpConnection.sendfile), or
+        the file read in blocks as an iterable, which parks like any other; True if parked."""
         fileno = wrapper.fileno()
         if fileno is None:
-            self._send_iterable(wrapper)
-            return
+            return self._send_iterable(iter(wrapper))
         try:
             offset = os.lseek(fileno, 0, os.SEEK_CUR)
             size = os.fstat(fileno).st_size
         except OSError:
-            self._send_iterable(wrapper)
-            return
+            return self._send_iterable(iter(wrapper))
         available = max(size - offset, 0)
         if self._status is None:
             raise ResponseError("the app returned without calling start_response")
@@ -312,3 +395,14 @@ class WsgiCall:
             # The bytes went out beside the framer; keep its count true.
             self._framer.consume(sent)
         self._end(b"")
+        return False
+
+
+def _close_iterable(result: Iterable[bytes]) -> None:
+    """PEP 3333: the iterable's close() is called once the response is done, whatever happened."""
+    close = getattr(result, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            _log.exception("error in close() of the response iterable")

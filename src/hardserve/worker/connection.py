@@ -130,6 +130,44 @@ class WriteGate:
             for waiter in waiters:
                 waiter.release()
 
+    def try_acquire(self, count: int, timeout: float) -> bool:
+        """As acquire, but False instead of waiting on the client: while the transport is
+        paused (the client is not reading) the caller parks its response. A queue over its
+        limit with the transport not paused means the loop is behind, not the client: that
+        short wait is taken as in acquire."""
+        lock = self._lock
+        deadline = 0.0
+        while True:
+            with lock:
+                if self.closed:
+                    raise ClientGone("connection closed")
+                if self._paused:
+                    return False
+                if self._queued < self._limit:
+                    self._queued += count
+                    return True
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + timeout
+                elif now >= deadline:
+                    raise ClientGone(f"client did not read the response for {timeout:g} s")
+                waiter = threading.Lock()
+                waiter.acquire()
+                if self._waiters is None:
+                    self._waiters = [waiter]
+                else:
+                    self._waiters.append(waiter)
+            # Released by _wake_all (release, pause, resume, close), or the time runs out.
+            if not waiter.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+                with lock:
+                    if self._waiters is not None and waiter in self._waiters:
+                        self._waiters.remove(waiter)
+
+    @property
+    def blocked(self) -> bool:
+        """On the loop: whether a write would have to wait now."""
+        return self._paused or self._queued >= self._limit
+
     def release(self, count: int) -> None:
         with self._lock:
             self._queued -= count
@@ -139,6 +177,7 @@ class WriteGate:
     def pause(self) -> None:
         with self._lock:
             self._paused = True
+            self._wake_all()  # a thread waiting in try_acquire parks instead
 
     def resume(self) -> None:
         with self._lock:
@@ -179,6 +218,7 @@ class HttpConnection(asyncio.Protocol):
         "_limits",
         "_loop",
         "_must_close",
+        "_parked",
         "_parser",
         "_peer",
         "_peer_eof",
@@ -254,6 +294,9 @@ class HttpConnection(asyncio.Protocol):
         self._call: WsgiCall | None = None
         self._slot_held = False  # this connection's call counts against the pool's limit
         self._call_deferred = False  # the call waits on the loop for its body
+        # The continuation of a parked response (WsgiCall.resume): queued again to the pool
+        # when the client has read (resume_writing) or the connection closes.
+        self._parked: Callable[[], None] | None = None
         self._body_last_at = 0.0  # when the last body bytes arrived (loop time)
         self._client_key: str | None = None  # the address its in-flight request is counted under
         self.counted_address: str | None = None  # the address it is counted under as a connection
@@ -368,7 +411,7 @@ class HttpConnection(asyncio.Protocol):
         self._stop_send_watch()
         # A call still running keeps counting against its client until it ends (_loop_finish
         # or _loop_abort): a client must not get past its in-flight cap by resetting.
-        self._gate.close()
+        self._close_gate()
         if self._body is not None:
             self._body.fail(BodyReadError("client closed the connection"))
         self._transport = None
@@ -386,6 +429,8 @@ class HttpConnection(asyncio.Protocol):
         self._writing_paused = False
         self._gate.resume()
         self._stop_send_watch()
+        if self._parked is not None:
+            self._unpark()
         if not self._call_active:
             self._process()
 
@@ -637,7 +682,7 @@ class HttpConnection(asyncio.Protocol):
             )
         if not self._closing:
             self._closing = True
-            self._gate.close()
+            self._close_gate()
             if self._transport is not None:
                 self._transport.close()
         return True
@@ -736,6 +781,22 @@ class HttpConnection(asyncio.Protocol):
         self._gate.acquire(size, 2 * self._limits.write_timeout_s + 1.0)
         self._pool.call_in_loop(self._loop_write, data, size)
 
+    def try_send(self, data: Output) -> bool:
+        """As send, but False instead of waiting while the client does not read: the caller
+        parks its response (WsgiCall.park) and gives its thread back."""
+        size = output_size(data)
+        if not size:
+            return True
+        if not self._gate.try_acquire(size, 2 * self._limits.write_timeout_s + 1.0):
+            return False
+        self._pool.call_in_loop(self._loop_write, data, size)
+        return True
+
+    def park(self, resume: Callable[[], None]) -> None:
+        """On the app's thread, its last act for the call: the loop keeps `resume` until the
+        client has read, and the call stops counting against the pool's admission."""
+        self._pool.call_in_loop(self._loop_park, resume)
+
     def finish(self, data: Output, keep_alive: bool, outcome: str) -> None:
         self._pool.call_in_loop(self._loop_finish, data, keep_alive, outcome)
 
@@ -813,6 +874,30 @@ class HttpConnection(asyncio.Protocol):
             else:
                 transport.writelines(data)
         self._gate.release(size)
+
+    def _loop_park(self, resume: Callable[[], None]) -> None:
+        # A parked call holds no thread: it must not count against threads + pool_queue_max, or
+        # parked slow readers would fill the pool and get everyone else 503. Its deadlines (the
+        # send watch, started at pause_writing) keep running meanwhile.
+        self._release_slot()
+        self._parked = resume
+        if self._gate.closed or not self._gate.blocked:
+            self._unpark()  # the client read (or left) while the call was on its way here
+
+    def _unpark(self) -> None:
+        """Queue the parked continuation again, behind what is already queued. It was admitted
+        before, so the saturation check does not apply; parked calls are bounded by the
+        connections. A continuation of a closed connection fails its pending write at once and
+        closes the app's iterable on that pool thread (app code never runs on the loop)."""
+        resume, self._parked = self._parked, None
+        if resume is not None:
+            self._pool.resubmit(resume)
+            self._slot_held = True
+
+    def _close_gate(self) -> None:
+        self._gate.close()
+        if self._parked is not None:
+            self._unpark()
 
     def _loop_hand_over_fd(self, handed: list[int], ready: threading.Event) -> None:
         transport = self._transport
@@ -1154,7 +1239,7 @@ class HttpConnection(asyncio.Protocol):
         self._log_refusal(reason, detail, self._request_line())
         self._closing = True
         self._cancel_timer()
-        self._gate.close()
+        self._close_gate()
         transport = self._transport
         if transport is None:
             return
@@ -1218,7 +1303,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self._closing = True
         self._cancel_timer()
-        self._gate.close()
+        self._close_gate()
         if self._body is not None:
             self._body.fail(BodyReadError("connection closed"))
             self._body = None

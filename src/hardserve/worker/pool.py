@@ -88,6 +88,16 @@ class Pool:
                 self._free += 1
                 self._parked.pop().release()
 
+    def resubmit(self, job: Job) -> None:
+        """Queue again a call admitted before (a parked response going on), behind what is
+        already queued: it is counted, but never refused."""
+        self.in_flight += 1
+        submitted = self._submitted
+        submitted.append(job)
+        if len(submitted) == 1:
+            assert self._loop is not None
+            self._loop.call_soon(self._hand_over)
+
     def job_done(self) -> None:
         self.in_flight -= 1
 

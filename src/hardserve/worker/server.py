@@ -327,12 +327,15 @@ class WorkerShared:
 
     def report_overdue_requests(self, now: float) -> None:
         """Log, once per request, every request running longer than request_timeout_s, with the
-        stack of the thread that runs it."""
+        stack of the thread that runs it. Time a response spent parked, waiting on its client
+        with no thread, is not time in the app."""
         timeout = self.config.limits.request_timeout_s
         frames: dict[int, FrameType] | None = None
         for connection in self.connections:
             call = connection.running_call
-            if call is None or call.overdue_reported or now - call.started_at < timeout:
+            if call is None or call.overdue_reported:
+                continue
+            if now - call.started_at - call.parked_s < timeout:
                 continue
             call.overdue_reported = True
             self.stats.timed_out("request")
@@ -355,10 +358,11 @@ class WorkerShared:
             connection.shed_if_queued_since(cutoff)
 
     def has_request_running_since(self, cutoff: float) -> bool:
-        """Whether a request has been in the app since before `cutoff` (time.monotonic())."""
+        """Whether a request has been in the app since before `cutoff` (time.monotonic()), not
+        counting the time its response was parked."""
         for connection in self.connections:
             call = connection.running_call
-            if call is not None and call.started_at < cutoff:
+            if call is not None and call.started_at + call.parked_s < cutoff:
                 return True
         return False
 
