@@ -197,7 +197,9 @@ def test_context_variables_follow_a_parked_response_to_the_thread_that_resumes_i
 
     with serve(app, threads=4) as server:
         resumes = count_resumes(server)
+        pool = shared_of(server).pool
         with slow_reader(server) as sock:
+            assert wait_until(lambda: bool(seen) and pool.in_flight == 0)  # parked
             responses, _ = read_responses(sock, 1)
         assert responses[0].body == EXPECTED
     assert resumes[0] >= 2
