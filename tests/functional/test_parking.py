@@ -13,6 +13,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -163,6 +164,11 @@ def test_a_parked_response_completes_when_the_client_reads() -> None:
         resumes = count_resumes(server)
         with slow_reader(server) as sock:
             assert wait_until(all_parked(server, app, 1))
+            # Parked is not "in the app": neither request_timeout_s's report nor the master's
+            # stuck check sees it.
+            shared = shared_of(server)
+            assert all(connection.running_call is None for connection in shared.connections)
+            assert not shared.has_request_running_since(time.monotonic() + 1)
             # While it is parked, the one thread serves others.
             assert exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")[0][0].body == b"hello"
             responses, closed = read_responses(sock, 1)
