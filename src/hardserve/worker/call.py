@@ -222,9 +222,13 @@ class WsgiCall:
         # The app and every later step of its response run in this context (see the module's
         # docstring): a parked response may go on on another thread.
         context = self._context = contextvars.Context()
-        context.run(self._start)
+        if context.run(self._start):
+            # Handed over only once this thread has left the context: the continuation may
+            # enter it on another thread at once, and a context is entered by one at a time.
+            self._sink.park(self.resume)
 
-    def _start(self) -> None:
+    def _start(self) -> bool:
+        """The app and its response; True when the response parked."""
         result: Iterable[bytes] | None = None
         parked = False
         try:
@@ -239,20 +243,22 @@ class WsgiCall:
             self._failed(exc)
         finally:
             if parked:
-                self._park(result)
+                self._keep(result)
             elif result is not None:
                 close = getattr(result, "close", None)
                 if close is not None:
                     _close_iterable(result)
+        return parked
 
     def resume(self) -> None:
         """On a pool thread: go on with a parked response (the client has read, or the
         connection is gone and the pending write fails at once)."""
         self.parked_s += time.monotonic() - self._parked_at
         self.thread_id = threading.get_ident()
-        self._context.run(self._go_on)
+        if self._context.run(self._go_on):
+            self._sink.park(self.resume)  # out of the context, as in run()
 
-    def _go_on(self) -> None:
+    def _go_on(self) -> bool:
         result, self._result = self._result, None
         pieces, self._pieces = self._pieces, None
         pending, self._pending = self._pending, b""
@@ -270,17 +276,17 @@ class WsgiCall:
             self._failed(exc)
         finally:
             if parked:
-                self._park(result)
+                self._keep(result)
             elif result is not None:
                 _close_iterable(result)
+        return parked
 
-    def _park(self, result: Iterable[bytes] | None) -> None:
-        """Hand the response to the loop and give this thread back; nothing of the call may be
-        touched after `park`, another thread may already be running its continuation."""
+    def _keep(self, result: Iterable[bytes] | None) -> None:
+        """Before parking: what the continuation needs. After the sink's `park` nothing of the
+        call may be touched by this thread; another may already be running its continuation."""
         self._result = result
         self._parked_at = time.monotonic()
         self.thread_id = 0
-        self._sink.park(self.resume)
 
     def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, ClientGone):
