@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from hardserve.http.response import ResponseFramer
 from hardserve.worker.call import ClientGone, Output, WsgiCall, output_size
+from hardserve.worker.connection import WriteGate
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("var")
 
@@ -124,3 +126,36 @@ def test_a_connection_gone_while_parked_aborts_and_closes_once() -> None:
     assert sink.aborted == ["client_gone"]
     assert sink.finished == []
     assert app.closes == 1
+
+
+def test_try_acquire_says_park_while_the_transport_is_paused() -> None:
+    gate = WriteGate(100)
+    assert gate.try_acquire(10, 1.0)
+    gate.pause()
+    assert not gate.try_acquire(10, 1.0)
+    assert gate.blocked
+    gate.resume()
+    assert gate.try_acquire(10, 1.0)
+    gate.close()
+    try:
+        gate.try_acquire(10, 1.0)
+    except ClientGone:
+        pass
+    else:
+        raise AssertionError("a closed gate must raise")
+
+
+def test_a_thread_waiting_for_the_loop_parks_when_the_transport_pauses() -> None:
+    gate = WriteGate(100)
+    assert gate.try_acquire(100, 1.0)  # the queue is at its limit: the loop is behind
+    answers: list[bool] = []
+    waiting = threading.Thread(target=lambda: answers.append(gate.try_acquire(10, 10.0)))
+    waiting.start()
+    deadline = time.monotonic() + 10.0
+    while not gate._waiters and time.monotonic() < deadline:  # until it waits on the gate
+        time.sleep(0.001)
+    assert gate._waiters
+    gate.pause()  # the client stops reading meanwhile: the waiting thread must not keep waiting
+    waiting.join(10.0)
+    assert not waiting.is_alive()
+    assert answers == [False]
