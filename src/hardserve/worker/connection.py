@@ -96,54 +96,25 @@ class WriteGate:
         self.closed = False
 
     def acquire(self, count: int, timeout: float) -> None:
-        lock = self._lock
-        deadline = 0.0
-        while True:
-            with lock:
-                if self.closed:
-                    raise ClientGone("connection closed")
-                if self._queued < self._limit and not self._paused:
-                    self._queued += count
-                    return
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + timeout
-                elif now >= deadline:
-                    raise ClientGone(f"client did not read the response for {timeout:g} s")
-                waiter = threading.Lock()
-                waiter.acquire()
-                if self._waiters is None:
-                    self._waiters = [waiter]
-                else:
-                    self._waiters.append(waiter)
-            # Released by _wake_all (release, resume, close), or the time runs out.
-            if not waiter.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
-                with lock:
-                    if self._waiters is not None and waiter in self._waiters:
-                        self._waiters.remove(waiter)
-
-    def _wake_all(self) -> None:
-        """With the lock held: every waiting thread looks again."""
-        waiters = self._waiters
-        if waiters:
-            self._waiters = None
-            for waiter in waiters:
-                waiter.release()
+        self._acquire(count, timeout, park=False)
 
     def try_acquire(self, count: int, timeout: float) -> bool:
         """As acquire, but False instead of waiting on the client: while the transport is
         paused (the client is not reading) the caller parks its response. A queue over its
         limit with the transport not paused means the loop is behind, not the client: that
         short wait is taken as in acquire."""
+        return self._acquire(count, timeout, park=True)
+
+    def _acquire(self, count: int, timeout: float, *, park: bool) -> bool:
         lock = self._lock
         deadline = 0.0
         while True:
             with lock:
                 if self.closed:
                     raise ClientGone("connection closed")
-                if self._paused:
+                if self._paused and park:
                     return False
-                if self._queued < self._limit:
+                if self._queued < self._limit and not self._paused:
                     self._queued += count
                     return True
                 now = time.monotonic()
@@ -162,6 +133,14 @@ class WriteGate:
                 with lock:
                     if self._waiters is not None and waiter in self._waiters:
                         self._waiters.remove(waiter)
+
+    def _wake_all(self) -> None:
+        """With the lock held: every waiting thread looks again."""
+        waiters = self._waiters
+        if waiters:
+            self._waiters = None
+            for waiter in waiters:
+                waiter.release()
 
     @property
     def blocked(self) -> bool:
