@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h11
 import pytest
@@ -26,6 +27,25 @@ from hardserve.settings import Config
 from hardserve.worker.main import Worker
 
 TIMEOUT_S = 10.0
+
+HandlerT = TypeVar("HandlerT", bound=logging.Handler)
+
+
+@contextlib.contextmanager
+def only_handler(logger_name: str, handler: HandlerT, level: int) -> Iterator[HandlerT]:
+    """For the block, `logger_name`'s records at `level` and above go to `handler` alone (not
+    to its parents); its handlers, level and propagation are restored after."""
+    logger = logging.getLogger(logger_name)
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        yield handler
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+
+
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpora" / "gunicorn-requests"
 

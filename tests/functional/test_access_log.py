@@ -18,6 +18,7 @@ from tests.helpers import (
     TIMEOUT_S,
     both_loops,  # noqa: F401 - a fixture
     exchange,
+    only_handler,
     read_responses,
     serve,
 )
@@ -47,16 +48,8 @@ class AccessLines(logging.Handler):
 
 @pytest.fixture
 def access_log() -> Iterator[AccessLines]:
-    logger = logging.getLogger("hardserve.access")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    handler = AccessLines()
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
+    with only_handler("hardserve.access", AccessLines(), logging.INFO) as handler:
         yield handler
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved
 
 
 # Apache's combined format (gunicorn's default), then hardserve's three fields.

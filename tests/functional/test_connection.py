@@ -22,6 +22,7 @@ from tests.helpers import (
     RunningServer,
     both_loops,  # noqa: F401 - a fixture
     exchange,
+    only_handler,
     read_responses,
     serve,
     server_closed,
@@ -510,16 +511,8 @@ class AccessLines(logging.Handler):
 
 @pytest.fixture
 def access_log() -> Iterator[AccessLines]:
-    logger = logging.getLogger("hardserve.access")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    handler = AccessLines()
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
+    with only_handler("hardserve.access", AccessLines(), logging.INFO) as handler:
         yield handler
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved
 
 
 # Request targets that try to break or forge an access-log line: percent-encoded CR LF and a

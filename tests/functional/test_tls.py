@@ -44,6 +44,7 @@ from tests.helpers import (
     Response,
     RunningServer,
     both_loops,  # noqa: F401 - a fixture
+    only_handler,
     read_responses,
     read_until_close,
     serve,
@@ -313,16 +314,8 @@ class SecurityLines(logging.Handler):
 
 @pytest.fixture
 def security_log() -> Iterator[SecurityLines]:
-    logger = logging.getLogger("hardserve.security")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    handler = SecurityLines()
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.WARNING)
-    logger.propagate = False
-    try:
+    with only_handler("hardserve.security", SecurityLines(), logging.WARNING) as handler:
         yield handler
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def shared_of(server: RunningServer) -> WorkerShared:
@@ -1005,16 +998,8 @@ class ErrorLines(logging.Handler):
 
 @pytest.fixture
 def error_log() -> Iterator[ErrorLines]:
-    logger = logging.getLogger("hardserve.error")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    handler = ErrorLines()
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
+    with only_handler("hardserve.error", ErrorLines(), logging.INFO) as handler:
         yield handler
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def _context_of(server: RunningServer) -> Any:
