@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from hardserve.worker.main import Worker
 TIMEOUT_S = 10.0
 
 HandlerT = TypeVar("HandlerT", bound=logging.Handler)
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -190,6 +191,19 @@ def wait_until(predicate: Any, timeout_s: float = TIMEOUT_S) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = TIMEOUT_S) -> T:
+    """Poll `probe` until it returns something true, and return that value; AssertionError
+    naming `what` when the timeout passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.01)
 
 
 def read_until_close(sock: socket.socket) -> bytes:

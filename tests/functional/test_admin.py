@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from prometheus_client.openmetrics.parser import (
@@ -30,12 +29,10 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import TIMEOUT_S, ServerProcess, serve_process
+from tests.helpers import TIMEOUT_S, ServerProcess, serve_process, wait_for
 
 APP = "tests.apps_cli.supervised:app"
 TOKEN = "admin-token-for-the-tests-0123456789"
-SNAPSHOT_WAIT_S = 10.0  # snapshots come about once a second; this leaves room on a busy machine
-T = TypeVar("T")
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -99,15 +96,6 @@ def admin_server(*args: str) -> Iterator[Admin]:
         yield Admin(server, found[0]["host"], int(found[0]["port"]))
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = SNAPSHOT_WAIT_S) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def get(server: ServerProcess, path: str = "/") -> tuple[int, int]:

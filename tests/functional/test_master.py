@@ -19,18 +19,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, TIMEOUT_S, ServerProcess, serve_process
+from tests.helpers import ROOT, TIMEOUT_S, ServerProcess, serve_process, wait_for
 
 APP = "tests.apps_cli.supervised:app"
 APP_FILE = "supervised.py"
-T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
@@ -64,16 +63,6 @@ def state_of(pid: int) -> str | None:
     return stat.rpartition(")")[2].split()[0]
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = TIMEOUT_S) -> T:
-    """Poll `probe` until it returns something true; that value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def workers(server: ServerProcess, count: int, timeout_s: float = TIMEOUT_S) -> set[int]:
