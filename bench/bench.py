@@ -479,6 +479,7 @@ class Options:
     apps: tuple[str, ...]
     servers: tuple[str, ...]
     skip_handoff: bool
+    skip_floor: bool
     quick: bool
     settle: bool
     report: bool
@@ -547,6 +548,19 @@ def run_handoff(quick: bool, hardserve_env: dict[str, str]) -> dict[str, Any]:
         capture_output=True,
         text=True,
         check=True,
+    )
+    result: dict[str, Any] = json.loads(completed.stdout)
+    return result
+
+
+def run_floor(quick: bool, hardserve_env: dict[str, str]) -> dict[str, Any]:
+    """bench/floor.py: uvloop alone, with one pool hand-off, and hardserve, measured alike. It
+    pins its servers and wrk itself."""
+    argv = [sys.executable, "-m", "bench.floor", "--json"]
+    if quick:
+        argv += ["--rounds", "1", "--duration", "2"]
+    completed = subprocess.run(
+        argv, cwd=ROOT, env=hardserve_env, capture_output=True, text=True, check=True
     )
     result: dict[str, Any] = json.loads(completed.stdout)
     return result
@@ -628,6 +642,9 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     parser.add_argument("--skip-handoff", action="store_true", help="skip the hand-off benchmark")
     parser.add_argument(
+        "--skip-floor", action="store_true", help="skip the floor (uvloop alone) benchmark"
+    )
+    parser.add_argument(
         "--scenarios",
         default=",".join(SCENARIO_NAMES),
         help="comma-separated: matrix (apps x servers x modes), concurrency (1,024 connections), "
@@ -650,6 +667,7 @@ def parse_args(argv: list[str] | None) -> Options:
         apps=apps,
         servers=servers,
         skip_handoff=args.skip_handoff,
+        skip_floor=args.skip_floor,
         quick=args.quick,
         settle=not args.no_settle,
         report=not args.no_report,
@@ -686,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     context.logs_dir.mkdir(parents=True, exist_ok=True)
     scenarios = run_scenarios(context, options.scenarios)
     handoff = None if options.skip_handoff else run_handoff(options.quick, hardserve_env)
+    floor = None if options.skip_floor else run_floor(options.quick, hardserve_env)
     env["elapsed_s"] = round(time.monotonic() - started)
     env["hardserve_snapshot"] = str(snapshot.relative_to(ROOT))
     env["src_changed_during_run"] = (
@@ -707,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         "processes": processes,
         "scenarios": scenarios,
         "handoff": handoff,
+        "floor": floor,
     }
     raw_path = OUT / f"results-{stamp}.json"
     raw_path.write_text(json.dumps(raw, indent=1))

@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench.floor import table as floor_table
 from bench.goals import goals_table, scenario_sections, write_goals_chart
 
 BENCH = Path(__file__).resolve().parent
@@ -190,6 +191,30 @@ def _mib(kib: float) -> str:
     if not kib or math.isnan(kib):
         return "n/a"
     return f"{kib / 1024:.1f} MiB"
+
+
+def floor_section(floor: dict[str, Any] | None) -> list[str]:
+    lines = ["## Floor: uvloop alone, and with one pool hand-off", ""]
+    if floor is None:
+        return [*lines, "Not run (--skip-floor).", ""]
+    lines += [
+        "`bench/floor.py`: servers that only answer, pinned and loaded like the others, median "
+        f"of {floor['rounds']} rounds of {floor['duration_s']} s. **bare** is an asyncio "
+        "protocol on uvloop that writes a fixed 13-byte response when it sees the end of a "
+        "head: no parsing, no limits, no threads. **pool** does the same from a job handed to "
+        "hardserve's Pool and back, the one hand-off per request a thread-pool WSGI server "
+        "cannot avoid. **hardserve** is `bench.apps:hello` with every check on.",
+        "",
+        *floor_table(floor),
+        "",
+        "What hardserve cannot go below on this machine: the bare column is uvloop and the "
+        "kernel, the pool column adds the thread. Read with the goals: at 1,024 connections "
+        "even the bare protocol spends more CPU per request than at 64 (kernel and cache "
+        "work per connection), and `Connection: close` costs the pool floor about as much as "
+        "five keep-alive requests.",
+        "",
+    ]
+    return lines
 
 
 def handoff_section(handoff: dict[str, Any] | None) -> list[str]:
@@ -482,6 +507,7 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
     for case in _ordered_cases(summary):
         lines += case_table(case, summary[case])
     lines += handoff_section(raw.get("handoff"))
+    lines += floor_section(raw.get("floor"))
     lines += logs_section(raw["processes"], scenarios)
     RESULTS_MD.write_text("\n".join(lines).rstrip() + "\n" + _kept_sections())
 
