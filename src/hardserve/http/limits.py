@@ -65,10 +65,12 @@ class Limits:
     write_buffer_bytes: int = 65536
 
     # Response bytes the app's thread may hand to the loop ahead of the transport before it
-    # waits. Only threads that are writing hold such a queue, so the memory it can take is
-    # threads x this, not connections x this. At 64 KiB a streaming app waited for the loop
-    # after every 64 KiB piece; at 256 KiB a 1 MiB chunked stream cost 35 to 45 % less CPU
-    # (bench/RESULTS.md).
+    # waits. At 64 KiB a streaming app waited for the loop after every 64 KiB piece; at 256 KiB
+    # a 1 MiB chunked stream cost 35 to 45 % less CPU (bench/RESULTS.md); at 1 MiB it is about
+    # 10 % cheaper again. But what was handed over when the client stopped reading stays in
+    # the transport while the response is parked: each stalled reader of a stream holds up to
+    # this plus write_buffer_bytes (measured: 212 KiB of RSS each at 256 KiB, 552 KiB at
+    # 1 MiB), until the send deadline cuts it.
     write_queue_bytes: int = 262144
 
     # Idle time allowed between requests on a keep-alive connection. gunicorn 2 s, uvicorn 5 s,
