@@ -213,7 +213,6 @@ class HttpConnection(asyncio.Protocol):
         "_server_addr",
         "_shared",
         "_slot_held",
-        "_socket_fd",
         "_started_at",
         "_timer",
         "_tls_environ",
@@ -244,7 +243,6 @@ class HttpConnection(asyncio.Protocol):
         self._server_addr: tuple[str, int] = ("", 0)
         self._url_scheme = "http"
         self._tls_environ: dict[str, str] | None = None
-        self._socket_fd = -1
         self.can_sendfile = False
         self._gate = WriteGate(self._limits.write_queue_bytes)
         # The worker's loop when it is known (asyncio.get_running_loop costs a getpid call).
@@ -322,9 +320,9 @@ class HttpConnection(asyncio.Protocol):
             self._server_addr = (str(sockname[0]), int(sockname[1]))
         elif isinstance(sockname, str):
             self._server_addr = (sockname, 0)
-        sock = transport.get_extra_info("socket")
-        if transport.get_extra_info("sslcontext") is None and sock is not None:
-            self._socket_fd = sock.fileno()
+        if transport.get_extra_info("sslcontext") is None:
+            # The socket itself is asked for only when a file is sent (_loop_hand_over_fd):
+            # uvloop builds it with another getsockname call, on every connection otherwise.
             self.can_sendfile = True
         else:
             self._url_scheme = "https"
@@ -880,14 +878,15 @@ class HttpConnection(asyncio.Protocol):
 
     def _loop_hand_over_fd(self, handed: list[int], ready: threading.Event) -> None:
         transport = self._transport
-        if transport is None or self._closing or self._socket_fd < 0:
+        sock = None if transport is None else transport.get_extra_info("socket")
+        if transport is None or self._closing or sock is None:
             ready.set()
             return
         if transport.get_write_buffer_size():
             asyncio.get_running_loop().call_later(0.001, self._loop_hand_over_fd, handed, ready)
             return
         self._response_started = True
-        handed.append(os.dup(self._socket_fd))
+        handed.append(os.dup(sock.fileno()))
         ready.set()
 
     def _loop_finish(self, data: Output, keep_alive: bool, outcome: str) -> None:
