@@ -223,3 +223,29 @@ def test_startup_lines_name_every_security_setting_that_differs() -> None:
         assert "allow_root=true" in line
     assert "client_in_flight_max=4" in text  # a main limit: on the limits line
     assert "workers: 2, threads per worker: 3" in text
+
+
+def test_every_access_line_reaches_the_file_by_a_graceful_stop(
+    tmp_path: Path, stopped: list[subprocess.Popen[str]]
+) -> None:
+    """A loop turn's access lines are written together at its end (observe/logs.py); the
+    worker writes what its last turn held as it exits, so a stop right after the last response
+    loses none."""
+    errors, access = tmp_path / "error.log", tmp_path / "access.log"
+    process = start("--error-log", str(errors), "--access-log", str(access))
+    stopped.append(process)
+    port = int(wait_for(errors, r"listening at http://127\.0\.0\.1:(\d+)").group(1))
+    count = 50
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as sock:
+        # Pipelined: many requests answered in few turns of the loop.
+        sock.sendall(
+            b"".join(
+                f"GET /n{index} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for index in range(count)
+            )
+        )
+        responses, _ = read_responses(sock, count)
+    assert [response.status for response in responses] == [200] * count
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(TIMEOUT_S) == 0
+    paths = re.findall(r'"GET (/n\d+) HTTP/1\.1" 200', access.read_text())
+    assert paths == [f"/n{index}" for index in range(count)]

@@ -9,11 +9,13 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from hardserve.http.limits import Limits
+from hardserve.http.parser import RequestHead, RequestParser
 from hardserve.observe import logs
 from hardserve.settings import SettingError, load
 
@@ -131,9 +133,11 @@ def restore_logging() -> Iterator[None]:
         name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level) for name in names
     }
     propagate = {name: logging.getLogger(name).propagate for name in names}
+    own_access_handler = logs._own_access_handler
     try:
         yield
     finally:
+        logs._own_access_handler = own_access_handler
         for name, (handlers, level) in saved.items():
             logger = logging.getLogger(name)
             for handler in logger.handlers:
@@ -234,3 +238,101 @@ def test_a_refusal_names_its_request_id(captured: tuple[str, io.StringIO]) -> No
         assert json.loads(line)["request_id"] == "r-1"
     else:
         assert " request_id=r-1 detail='x'" in line
+
+
+# -- the access log's lines, one write per loop turn ---------------------------------------------
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts the writes made to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def _access_entry(path: bytes) -> logs.AccessEntry:
+    parser = RequestParser(Limits())
+    parser.feed(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = parser.next_event()
+    assert isinstance(head, RequestHead)
+    return logs.AccessEntry(head, "127.0.0.1", 200, 2, 0.001, "ok", "id-1", None)
+
+
+@pytest.fixture
+def own_access_log(restore_logging: None) -> Iterator[CountingStream]:
+    """hardserve's own access-log handler (configure), writing to a counting stream."""
+    logs.configure(access_log="-")
+    handler = logging.getLogger(logs.ACCESS).handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    stream = CountingStream()
+    handler.setStream(stream)
+    yield stream
+
+
+def _only_hardserves_handler() -> None:
+    """As in a server: pytest's log capture adds its handlers to every logger during a test,
+    and any handler but hardserve's own takes the access log off the batched path."""
+    access = logging.getLogger(logs.ACCESS)
+    access.handlers[:] = [
+        handler for handler in access.handlers if handler is logs._own_access_handler
+    ]
+
+
+def test_a_turns_access_lines_are_written_together_at_its_end(
+    own_access_log: CountingStream,
+) -> None:
+    _only_hardserves_handler()
+    scheduled: list[Callable[[], None]] = []
+    access = logs.AccessLog()
+    access.schedule = scheduled.append  # stands for the loop's call_soon
+    for path in (b"/a", b"/b", b"/c"):
+        access.log(_access_entry(path))
+    assert own_access_log.getvalue() == "", "nothing is written before the turn ends"
+    assert len(scheduled) == 1, "one flush per turn, however many lines"
+    scheduled[0]()
+    lines = own_access_log.getvalue().splitlines()
+    assert [line.split('"')[1] for line in lines] == [
+        "GET /a HTTP/1.1",
+        "GET /b HTTP/1.1",
+        "GET /c HTTP/1.1",
+    ]
+    assert own_access_log.writes == 1
+    access.log(_access_entry(b"/d"))
+    assert len(scheduled) == 2, "the next turn's first line schedules the next flush"
+    access.flush()  # as the worker does when it exits
+    assert own_access_log.getvalue().count("\n") == 4
+
+
+def test_without_a_loop_each_access_line_is_written_at_once(
+    own_access_log: CountingStream,
+) -> None:
+    _only_hardserves_handler()
+    access = logs.AccessLog()
+    access.log(_access_entry(b"/now"))
+    assert "GET /now HTTP/1.1" in own_access_log.getvalue()
+
+
+def test_a_handler_from_a_log_config_gets_each_access_line_as_it_comes(
+    own_access_log: CountingStream,
+) -> None:
+    _only_hardserves_handler()
+    scheduled: list[Callable[[], None]] = []
+    access = logs.AccessLog()
+    access.schedule = scheduled.append
+    records: list[str] = []
+    foreign = logging.Handler()
+    foreign.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger(logs.ACCESS).addHandler(foreign)
+    access.log(_access_entry(b"/both"))
+    assert scheduled == [] and len(records) == 1 and "/both" in records[0]
+    assert "/both" in own_access_log.getvalue(), "hardserve's handler still gets it"
+    logging.getLogger(logs.ACCESS).removeHandler(foreign)
+    filtered: list[str] = []
+    logging.getLogger(logs.ACCESS).addFilter(lambda record: not filtered.append("seen"))
+    access.log(_access_entry(b"/filtered"))
+    assert scheduled == [] and filtered == ["seen"], "a filter sees every line"

@@ -165,6 +165,7 @@ class Worker:
         overdue_timer[0].cancel()
         beat_timer[0].cancel()
         pool.stop(timeout=0.0 if self._fast_stop else 1.0)
+        shared.access_log.flush()  # the last turn's lines: the loop may not turn again
         return 0
 
     def _listen_to_master(self, loop: asyncio.AbstractEventLoop, acceptor: Acceptor) -> int:

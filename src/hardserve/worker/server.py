@@ -402,6 +402,7 @@ async def start_servers(
         return HttpConnection(shared)
 
     shared.loop = loop
+    shared.access_log.schedule = loop.call_soon  # a turn's access-log lines in one write
     config = shared.config
     # Loaded by the master (at start, again on HUP) and inherited through fork; loaded again
     # by the worker when the files change (Acceptor.tls_context); never read per connection.
