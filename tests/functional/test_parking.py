@@ -312,3 +312,44 @@ def test_a_parked_response_is_cut_at_the_graceful_timeout(
         assert wait_until(lambda: server.worker.loop is not None and server.worker.loop.is_closed())
         assert len(shared.connections) == 1
     assert "graceful timeout: 1 connections cut" in caplog.text
+
+
+def test_a_stream_ahead_of_the_loop_gives_its_thread_to_the_next_request() -> None:
+    """A response iterable that has handed the loop write_queue_bytes parks even though its
+    client reads: the one thread answers another request in the middle of the stream, and the
+    stream then goes on. The transport never pauses here (its buffer limit is far above the
+    response), so only a full queue can make the stream park."""
+    hello_served = threading.Event()
+    saw_hello: list[bool] = []
+    pieces_before_wait = 8
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] != "/big":
+            hello_served.set()
+            start_response("200 OK", [("Content-Length", "5")])
+            return [b"hello"]
+        start_response("200 OK", [("Content-Length", str(len(EXPECTED)))])
+
+        def pieces() -> Iterator[bytes]:
+            for index in range(PIECES):
+                if index == pieces_before_wait:
+                    # Holding the thread here would keep the hello request queued behind us.
+                    saw_hello.append(hello_served.wait(TIMEOUT_S / 2))
+                yield piece(index)
+
+        return pieces()
+
+    limits = Limits(write_queue_bytes=65536, write_buffer_bytes=64 * 1024 * 1024)
+    with (
+        serve(app, threads=1, limits=limits) as server,
+        socket.create_connection(server.address, timeout=TIMEOUT_S) as sock,
+    ):
+        sock.sendall(BIG_REQUEST)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        responses, _ = exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert responses[0].body == b"hello"
+        status, body = read_rest(sock, first)
+    assert saw_hello == [True]
+    assert status == 200
+    assert body == EXPECTED

@@ -9,9 +9,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
+
 from hardserve.http.response import ResponseFramer
 from hardserve.worker.call import ClientGone, Output, WsgiCall, output_size
 from hardserve.worker.connection import WriteGate
+from tests.helpers import wait_until
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("var")
 
@@ -130,32 +133,42 @@ def test_a_connection_gone_while_parked_aborts_and_closes_once() -> None:
 
 def test_try_acquire_says_park_while_the_transport_is_paused() -> None:
     gate = WriteGate(100)
-    assert gate.try_acquire(10, 1.0)
+    assert gate.try_acquire(10)
     gate.pause()
-    assert not gate.try_acquire(10, 1.0)
+    assert not gate.try_acquire(10)
     assert gate.blocked
     gate.resume()
-    assert gate.try_acquire(10, 1.0)
+    assert gate.try_acquire(10)
     gate.close()
-    try:
-        gate.try_acquire(10, 1.0)
-    except ClientGone:
-        pass
-    else:
-        raise AssertionError("a closed gate must raise")
+    with pytest.raises(ClientGone):
+        gate.try_acquire(10)
 
 
-def test_a_thread_waiting_for_the_loop_parks_when_the_transport_pauses() -> None:
+def test_try_acquire_says_park_at_once_while_the_queue_is_at_its_limit() -> None:
+    # The loop has not written what was handed over: the call parks and gives its thread to
+    # the next request instead of waiting for the loop.
     gate = WriteGate(100)
-    assert gate.try_acquire(100, 1.0)  # the queue is at its limit: the loop is behind
-    answers: list[bool] = []
-    waiting = threading.Thread(target=lambda: answers.append(gate.try_acquire(10, 10.0)))
+    assert gate.try_acquire(60)
+    assert gate.try_acquire(60)  # 60 < 100 when asked: the queue may go over by one piece
+    started = time.monotonic()
+    assert not gate.try_acquire(10)
+    assert time.monotonic() - started < 1.0
+    assert gate.blocked
+    assert gate._waiters is None  # nothing was left waiting
+    gate.release(60)
+    assert gate.try_acquire(10)  # 70 of 100: room again
+
+
+def test_a_writer_waiting_in_acquire_waits_on_through_a_pause() -> None:
+    gate = WriteGate(100)
+    gate.acquire(100, 0.0)  # the queue is at its limit
+    done = threading.Event()
+    waiting = threading.Thread(target=lambda: (gate.acquire(10, 10.0), done.set()))
     waiting.start()
-    deadline = time.monotonic() + 10.0
-    while not gate._waiters and time.monotonic() < deadline:  # until it waits on the gate
-        time.sleep(0.001)
-    assert gate._waiters
-    gate.pause()  # the client stops reading meanwhile: the waiting thread must not keep waiting
+    assert wait_until(lambda: gate._waiters is not None)
+    gate.pause()
+    gate.release(100)  # room in the queue, but the transport is paused: still no room
+    assert not done.wait(0.2)
+    gate.resume()
+    assert done.wait(10.0)
     waiting.join(10.0)
-    assert not waiting.is_alive()
-    assert answers == [False]

@@ -78,8 +78,9 @@ def _reset_on_close(fd: int) -> None:
 
 
 class WriteGate:
-    """How many response bytes the app's thread may queue for the loop. The thread waits while
-    the queue is over its limit or the transport has asked us to pause writing.
+    """How many response bytes the app's thread may queue for the loop. A thread that must not
+    hand over more either waits (`acquire`: the write() callable) or parks its response and
+    gives its thread back (`try_acquire`: a response iterable).
 
     A plain lock guards the counts, and a thread that must wait sleeps on a lock of its own,
     made only then. A Condition per connection cost about 4 us to build and 1 KiB to keep, for
@@ -95,28 +96,35 @@ class WriteGate:
         self._waiters: list[threading.Lock] | None = None
         self.closed = False
 
+    def try_acquire(self, count: int) -> bool:
+        """Take room for `count` bytes, or False at once: the queue is at its limit (the loop
+        has not written what the thread handed over) or the transport has asked us to pause
+        (the client is not reading). Either way the caller parks its response, and the loop
+        queues it again once there is room (HttpConnection._loop_park, resume_writing).
+
+        Parking costs a hand-off to the loop and back. Waiting here for the loop instead cost
+        a streaming response about three context switches per write_queue_bytes, and held a
+        thread that other requests were queued for (bench/NOTES.md)."""
+        with self._lock:
+            if self.closed:
+                raise ClientGone("connection closed")
+            if self._queued < self._limit and not self._paused:
+                self._queued += count
+                return True
+            return False
+
     def acquire(self, count: int, timeout: float) -> None:
-        self._acquire(count, timeout, park=False)
-
-    def try_acquire(self, count: int, timeout: float) -> bool:
-        """As acquire, but False instead of waiting on the client: while the transport is
-        paused (the client is not reading) the caller parks its response. A queue over its
-        limit with the transport not paused means the loop is behind, not the client: that
-        short wait is taken as in acquire."""
-        return self._acquire(count, timeout, park=True)
-
-    def _acquire(self, count: int, timeout: float, *, park: bool) -> bool:
+        """Take room for `count` bytes, waiting up to `timeout` for the loop to write (and the
+        client to read) what is queued."""
         lock = self._lock
         deadline = 0.0
         while True:
             with lock:
                 if self.closed:
                     raise ClientGone("connection closed")
-                if self._paused and park:
-                    return False
                 if self._queued < self._limit and not self._paused:
                     self._queued += count
-                    return True
+                    return
                 now = time.monotonic()
                 if not deadline:
                     deadline = now + timeout
@@ -155,8 +163,7 @@ class WriteGate:
 
     def pause(self) -> None:
         with self._lock:
-            self._paused = True
-            self._wake_all()  # a thread waiting in try_acquire parks instead
+            self._paused = True  # a thread waiting in acquire waits on, for resume or close
 
     def resume(self) -> None:
         with self._lock:
@@ -759,12 +766,12 @@ class HttpConnection(asyncio.Protocol):
         self._pool.call_in_loop(self._loop_write, data, size)
 
     def try_send(self, data: Output) -> bool:
-        """As send, but False instead of waiting while the client does not read: the caller
+        """As send, but False instead of waiting, for the loop or for the client: the caller
         parks its response (WsgiCall.park) and gives its thread back."""
         size = output_size(data)
         if not size:
             return True
-        if not self._gate.try_acquire(size, 2 * self._limits.write_timeout_s + 1.0):
+        if not self._gate.try_acquire(size):
             return False
         self._pool.call_in_loop(self._loop_write, data, size)
         return True
@@ -859,7 +866,10 @@ class HttpConnection(asyncio.Protocol):
         self._release_slot()
         self._parked = resume
         if self._gate.closed or not self._gate.blocked:
-            self._unpark()  # the client read (or left) while the call was on its way here
+            # The usual case for a call that parked on a full queue: the writes it handed over
+            # came through the same road before this, so the queue is empty now (unless the
+            # transport paused meanwhile). Or the client read, or left, while it was on its way.
+            self._unpark()
 
     def _unpark(self) -> None:
         """Queue the parked continuation again, behind what is already queued. It was admitted
