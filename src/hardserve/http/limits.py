@@ -64,12 +64,12 @@ class Limits:
     # write() and sendfile wait on their thread.
     write_buffer_bytes: int = 65536
 
-    # Response bytes the app's thread may hand to the loop ahead of the transport before it
-    # waits. At 64 KiB a streaming app waited for the loop after every 64 KiB piece; at 256 KiB
-    # a 1 MiB chunked stream cost 35 to 45 % less CPU (bench/RESULTS.md); at 1 MiB it is about
-    # 10 % cheaper again. But what was handed over when the client stopped reading stays in
-    # the transport while the response is parked: each stalled reader of a stream holds up to
-    # this plus write_buffer_bytes (measured: 212 KiB of RSS each at 256 KiB, 552 KiB at
+    # Response bytes the app's thread may hand to the loop ahead of the transport. Past it, a
+    # response iterable parks until the loop has written them (write() waits on its thread).
+    # Since a stream parks rather than waits here, 1 MiB is no faster than 256 KiB for a fast
+    # 1 MiB stream (bench/NOTES.md). What was handed over when the client stopped reading stays
+    # in the transport while the response is parked: each stalled reader of a stream holds up
+    # to this plus write_buffer_bytes (measured: 212 KiB of RSS each at 256 KiB, 552 KiB at
     # 1 MiB), until the send deadline cuts it.
     write_queue_bytes: int = 262144
 

@@ -5,8 +5,9 @@ it is given: `send` hands bytes to the loop (and waits while too many are queued
 reader holds this thread for bounded time and no unbounded memory), `finish` ends the response,
 `abort` drops the connection. The one exception is sendfile, see FileWrapper.
 
-A response waiting on its client holds no thread: when the app's iterable yields a piece and the
-client is not reading (the transport has asked us to pause), the call parks instead of waiting.
+A response waiting on its client or on the loop holds no thread: when the app's iterable yields a
+piece and the client is not reading (the transport has asked us to pause), or the loop has not yet
+written the write_queue_bytes this call handed it, the call parks instead of waiting.
 It keeps its iterator and the framed piece, hands a continuation to its sink and returns its
 thread to the pool; the loop queues the continuation again once the client has read, or once
 the connection is gone (the continuation then fails at once and closes the iterable, on a pool
