@@ -45,7 +45,7 @@ Output = bytes | list[bytes]
 
 
 def output_size(out: Output) -> int:
-    return len(out) if isinstance(out, bytes) else sum(len(piece) for piece in out)
+    return len(out) if isinstance(out, bytes) else sum(map(len, out))
 
 
 class ClientGone(Exception):
