@@ -299,6 +299,12 @@ def check_caches() -> None:
     longest = max(map(len, verdicts), default=0)
     if longest > parser_module._VERDICT_KEY_MAX_BYTES:
         raise Violation("memory", f"parser verdict cache holds a {longest}-byte key")
+    for readings in parser_module._FIELD_READINGS:
+        if len(readings) > parser_module._FIELD_READINGS_MAX:
+            raise Violation("memory", f"header-section cache holds {len(readings)} entries")
+        longest = max(map(len, readings), default=0)
+        if longest > parser_module._FIELD_READING_KEY_MAX_BYTES:
+            raise Violation("memory", f"header-section cache holds a {longest}-byte key")
     keys = environ_module._KEY_CACHE
     if len(keys) > environ_module._KEY_CACHE_MAX:
         raise Violation("memory", f"environ key cache holds {len(keys)} entries")

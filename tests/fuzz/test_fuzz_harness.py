@@ -91,6 +91,10 @@ def test_the_parser_caches_stay_bounded_whatever_the_clients_send() -> None:
         harness.drive([b"GET / HTTP/1.1\r\nHost: x\r\nX-%d: v\r\n\r\n" % i], config)
     harness.drive([b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"v" * 5000 + b"\r\n\r\n"], config)
     assert len(parser_module._VERDICTS) <= parser_module._VERDICTS_MAX
+    assert all(
+        len(readings) <= parser_module._FIELD_READINGS_MAX
+        for readings in parser_module._FIELD_READINGS
+    )
     assert len(environ_module._KEY_CACHE) <= environ_module._KEY_CACHE_MAX
     harness.check_caches()
 
@@ -179,6 +183,14 @@ def test_overfull_caches_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(Violation, match="5000-byte key"):
         harness.check_caches()
     monkeypatch.setattr(parser_module, "_VERDICTS", {})
+    too_many_readings = {b"%d" % i: None for i in range(parser_module._FIELD_READINGS_MAX + 1)}
+    monkeypatch.setattr(parser_module, "_FIELD_READINGS", (too_many_readings, {}))
+    with pytest.raises(Violation, match="header-section cache holds"):
+        harness.check_caches()
+    monkeypatch.setattr(parser_module, "_FIELD_READINGS", ({}, {b"k" * 3000: None}))
+    with pytest.raises(Violation, match="3000-byte key"):
+        harness.check_caches()
+    monkeypatch.setattr(parser_module, "_FIELD_READINGS", ({}, {}))
     too_many_keys = {b"%d" % i: "" for i in range(environ_module._KEY_CACHE_MAX + 1)}
     monkeypatch.setattr(environ_module, "_KEY_CACHE", too_many_keys)
     with pytest.raises(Violation, match="environ key cache"):

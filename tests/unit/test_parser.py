@@ -1017,3 +1017,84 @@ def test_second_reading_verdicts_are_bounded() -> None:
     big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 5000 + b"\r\n\r\n"
     assert isinstance(_head_event(big), RequestHead)
     assert all(len(key) <= parser_module._VERDICT_KEY_MAX_BYTES for key in parser_module._VERDICTS)
+
+
+# -- the readings of header sections, and their cache ---------------------------------------------
+
+# One head per outcome of the header-section stage, and one per kind of field it reads.
+SECTION_HEADS = [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX_Under: 1\r\nAccept: */*\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-A: \x01\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nRange: a\r\nRange: b\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+    b"CONNECT x:1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /../x HTTP/1.1\r\nHost: x\r\n\r\n",
+]
+
+
+def _first_event(data: bytes, *, refuse_underscore: bool = False, limits: Limits | None = None) -> object:
+    parser = RequestParser(limits or Limits(), refuse_underscore_headers=refuse_underscore)
+    parser.feed(data)
+    return parser.next_event()
+
+
+@pytest.mark.parametrize("refuse_underscore", [False, True])
+@pytest.mark.parametrize("head", SECTION_HEADS)
+def test_a_header_section_reads_the_same_from_the_cache(head: bytes, refuse_underscore: bool) -> None:
+    from hardserve.http import parser as parser_module
+
+    for readings in parser_module._FIELD_READINGS:
+        readings.clear()
+    fresh = _first_event(head, refuse_underscore=refuse_underscore)
+    assert parser_module._FIELD_READINGS[refuse_underscore], "the reading was not kept"
+    again = _first_event(head, refuse_underscore=refuse_underscore)  # from the cache
+    assert again == fresh
+
+
+def test_the_cache_keeps_underscore_policies_and_body_limits_apart() -> None:
+    from hardserve.http import parser as parser_module
+
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nX_Under: 1\r\nContent-Length: 100\r\n\r\n"
+    for readings in parser_module._FIELD_READINGS:
+        readings.clear()
+    kept = _first_event(head)
+    refused = _first_event(head, refuse_underscore=True)
+    assert isinstance(kept, RequestHead) and kept.headers == (
+        (b"host", b"x"),
+        (b"content-length", b"100"),
+    )
+    assert isinstance(refused, Refusal) and refused.reason.code == "underscore_header"
+    # The body limit is the parser's own, never part of the cached reading.
+    too_large = _first_event(head, limits=Limits(body_max_bytes=99))
+    assert isinstance(too_large, Refusal) and too_large.reason.code == "body_too_large"
+    assert isinstance(_first_event(head, limits=Limits(body_max_bytes=100)), RequestHead)
+
+
+def test_header_section_readings_are_bounded() -> None:
+    from hardserve.http import parser as parser_module
+
+    for index in range(parser_module._FIELD_READINGS_MAX + 10):
+        event = _first_event(b"GET / HTTP/1.1\r\nHost: x\r\nX-N: %d\r\n\r\n" % index)
+        assert isinstance(event, RequestHead)
+    assert len(parser_module._FIELD_READINGS[False]) <= parser_module._FIELD_READINGS_MAX
+    big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 3000 + b"\r\n\r\n"
+    assert isinstance(_first_event(big), RequestHead)
+    assert all(
+        len(key) <= parser_module._FIELD_READING_KEY_MAX_BYTES
+        for key in parser_module._FIELD_READINGS[False]
+    )

@@ -136,6 +136,149 @@ def _second_reading(http_version: bytes, header_section: bytes) -> str | None:
     return verdict
 
 
+class _Fields:
+    """What a header section says, as far as it depends on its bytes and the HTTP version alone:
+    the kept fields, the framing and the Host, or the first refusal of each stage (the framing
+    stage's comes before the body-size check, which depends on the limits, and the Host's
+    after it)."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "expect",
+        "framing_refusal",
+        "headers",
+        "host",
+        "host_refusal",
+        "keep_alive",
+    )
+
+    def __init__(self) -> None:
+        self.headers: tuple[Header, ...] = ()
+        self.content_length: int | None = None
+        self.chunked = False
+        self.host: bytes | None = None
+        self.keep_alive = False
+        self.expect = False
+        self.framing_refusal: tuple[Reason, str] | None = None
+        self.host_refusal: tuple[Reason, str] | None = None
+
+
+# The readings of header sections, by their exact bytes (and the HTTP version, and whether
+# underscores are refused), for the same reason as h11's verdicts above: a client sends the same
+# header section with every request, and reading its fields one by one costs more than the rest
+# of the request line's checks. A hit is the same pure function's result, so exactly as strict.
+# Bounded in entries and in the size of what is kept; nothing in a _Fields is mutable.
+_FIELD_READINGS: tuple[dict[bytes, _Fields], dict[bytes, _Fields]] = ({}, {})
+_FIELD_READINGS_MAX: Final = 256
+_FIELD_READING_KEY_MAX_BYTES: Final = 2048
+
+
+def _read_fields(http_version: bytes, header_section: bytes, refuse_underscore: bool) -> _Fields:
+    """The reading of this header section (its lines, then CRLF), from the cache or fresh."""
+    readings = _FIELD_READINGS[refuse_underscore]
+    key = http_version + header_section
+    try:
+        return readings[key]
+    except KeyError:
+        pass
+    fields = _read_fields_fresh(http_version, header_section, refuse_underscore)
+    if len(key) <= _FIELD_READING_KEY_MAX_BYTES:
+        if len(readings) >= _FIELD_READINGS_MAX:
+            readings.clear()
+        readings[key] = fields
+    return fields
+
+
+def _read_fields_fresh(
+    http_version: bytes, header_section: bytes, refuse_underscore: bool
+) -> _Fields:
+    fields = _Fields()
+    headers: list[Header] = []
+    content_lengths: list[bytes] = []
+    transfer_encodings: list[bytes] = []
+    hosts: list[bytes] = []
+    connection_tokens: set[bytes] = set()
+    expect = False
+    singletons_seen: set[bytes] = set()
+    lines = header_section[:-4].split(b"\r\n") if header_section != b"\r\n" else []
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or _TOKEN_RE.fullmatch(name) is None:
+            fields.framing_refusal = (reasons.MALFORMED_HEADER, f"field name {name[:40]!r}")
+            return fields
+        value = value.strip(b" \t")
+        if _FIELD_VALUE_RE.fullmatch(value) is None:
+            fields.framing_refusal = (reasons.MALFORMED_HEADER, f"value of {name[:40]!r}")
+            return fields
+        name = name.lower()
+        if b"_" in name:
+            if refuse_underscore:
+                fields.framing_refusal = (reasons.UNDERSCORE_HEADER, name[:40].decode("ascii"))
+                return fields
+            continue
+        if name == b"content-length":
+            content_lengths.append(value)
+        elif name == b"transfer-encoding":
+            transfer_encodings.append(value)
+        elif name == b"host":
+            hosts.append(value)
+        elif name == b"connection":
+            connection_tokens.update(t.strip(b" \t").lower() for t in value.split(b","))
+        elif name == b"expect":
+            expect = value.lower() == b"100-continue"
+        elif name in _SINGLETON_FIELDS:
+            if name in singletons_seen:
+                fields.framing_refusal = (reasons.DUPLICATE_FIELD, name.decode("ascii"))
+                return fields
+            singletons_seen.add(name)
+        headers.append((name, value))
+
+    # Framing (RFC 9112 section 6): refuse everything a front or back server could read
+    # differently from us.
+    if transfer_encodings:
+        if content_lengths:
+            fields.framing_refusal = (reasons.CL_TE_CONFLICT, "both present")
+            return fields
+        if http_version == b"1.0":
+            fields.framing_refusal = (reasons.TE_HTTP10, "Transfer-Encoding in HTTP/1.0")
+            return fields
+        if len(transfer_encodings) != 1 or transfer_encodings[0].lower() != b"chunked":
+            detail = repr(b", ".join(transfer_encodings))[:80]
+            fields.framing_refusal = (reasons.TE_NOT_CHUNKED, detail)
+            return fields
+        fields.chunked = True
+    elif content_lengths:
+        if len(content_lengths) != 1:
+            detail = f"{len(content_lengths)} fields"
+            fields.framing_refusal = (reasons.MULTIPLE_CONTENT_LENGTH, detail)
+            return fields
+        digits = content_lengths[0]
+        # Only 1*DIGIT: int() would also take '+1', ' 1', '1_0' and non-ASCII digits.
+        if not digits or not digits.isdigit() or len(digits) > 18 or not digits.isascii():
+            fields.framing_refusal = (reasons.INVALID_CONTENT_LENGTH, repr(digits[:40]))
+            return fields
+        fields.content_length = int(digits)
+
+    if len(hosts) > 1:
+        fields.host_refusal = (reasons.MULTIPLE_HOST, f"{len(hosts)} fields")
+    host = hosts[0] if hosts else None
+    if host is None and http_version == b"1.1":
+        # RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
+        fields.host_refusal = fields.host_refusal or (reasons.MISSING_HOST, "no Host field")
+    if host is not None and _HOST_RE.fullmatch(host) is None:
+        fields.host_refusal = fields.host_refusal or (reasons.INVALID_HOST, repr(host[:60]))
+
+    if http_version == b"1.1":
+        fields.keep_alive = b"close" not in connection_tokens
+    else:
+        fields.keep_alive = b"keep-alive" in connection_tokens and b"close" not in connection_tokens
+    fields.headers = tuple(headers)
+    fields.host = host
+    fields.expect = expect and http_version == b"1.1"
+    return fields
+
+
 class _Sentinel:
     __slots__ = ("_name",)
 
@@ -346,8 +489,7 @@ class RequestParser:
         return NEED_DATA
 
     def _parse_head(self, head: bytes) -> Event:
-        lines = head[:-4].split(b"\r\n")
-        request_line = lines[0]
+        request_line = head[: head.index(b"\r\n")]
         self._request_line = request_line[:512]
         parts = request_line.split(b" ")
         if len(parts) != 3 or not all(parts):
@@ -365,76 +507,15 @@ class RequestParser:
             # RFC 9112 section 3.2 and RFC 3986: a target is visible ASCII (h11's grammar too).
             return self._refuse(reasons.MALFORMED_REQUEST_LINE, "target is not visible ASCII")
 
-        headers: list[Header] = []
-        content_lengths: list[bytes] = []
-        transfer_encodings: list[bytes] = []
-        hosts: list[bytes] = []
-        connection_tokens: set[bytes] = set()
-        expect = False
-        singletons_seen: set[bytes] = set()
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or _TOKEN_RE.fullmatch(name) is None:
-                return self._refuse(reasons.MALFORMED_HEADER, f"field name {name[:40]!r}")
-            value = value.strip(b" \t")
-            if _FIELD_VALUE_RE.fullmatch(value) is None:
-                return self._refuse(reasons.MALFORMED_HEADER, f"value of {name[:40]!r}")
-            name = name.lower()
-            if b"_" in name:
-                if self._refuse_underscore:
-                    return self._refuse(reasons.UNDERSCORE_HEADER, name[:40].decode("ascii"))
-                continue
-            if name == b"content-length":
-                content_lengths.append(value)
-            elif name == b"transfer-encoding":
-                transfer_encodings.append(value)
-            elif name == b"host":
-                hosts.append(value)
-            elif name == b"connection":
-                connection_tokens.update(t.strip(b" \t").lower() for t in value.split(b","))
-            elif name == b"expect":
-                expect = value.lower() == b"100-continue"
-            elif name in _SINGLETON_FIELDS:
-                if name in singletons_seen:
-                    return self._refuse(reasons.DUPLICATE_FIELD, name.decode("ascii"))
-                singletons_seen.add(name)
-            headers.append((name, value))
-
-        # Framing (RFC 9112 section 6): refuse everything a front or back server could read
-        # differently from us.
-        content_length: int | None = None
-        chunked = False
-        if transfer_encodings:
-            if content_lengths:
-                return self._refuse(reasons.CL_TE_CONFLICT, "both present")
-            if http_version == b"1.0":
-                return self._refuse(reasons.TE_HTTP10, "Transfer-Encoding in HTTP/1.0")
-            if len(transfer_encodings) != 1 or transfer_encodings[0].lower() != b"chunked":
-                return self._refuse(
-                    reasons.TE_NOT_CHUNKED, repr(b", ".join(transfer_encodings))[:80]
-                )
-            chunked = True
-        elif content_lengths:
-            if len(content_lengths) != 1:
-                return self._refuse(
-                    reasons.MULTIPLE_CONTENT_LENGTH, f"{len(content_lengths)} fields"
-                )
-            digits = content_lengths[0]
-            # Only 1*DIGIT: int() would also take '+1', ' 1', '1_0' and non-ASCII digits.
-            if not digits or not digits.isdigit() or len(digits) > 18 or not digits.isascii():
-                return self._refuse(reasons.INVALID_CONTENT_LENGTH, repr(digits[:40]))
-            content_length = int(digits)
-            if content_length > self._limits.body_max_bytes:
-                return self._refuse(reasons.BODY_TOO_LARGE, f"Content-Length {content_length}")
-
-        if len(hosts) > 1:
-            return self._refuse(reasons.MULTIPLE_HOST, f"{len(hosts)} fields")
-        host = hosts[0] if hosts else None
-        if host is None and http_version == b"1.1":
-            # RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
-            return self._refuse(reasons.MISSING_HOST, "no Host field")
-        if host is not None and _HOST_RE.fullmatch(host) is None:
-            return self._refuse(reasons.INVALID_HOST, repr(host[:60]))
+        header_section = head[len(request_line) + 2 :]
+        fields = _read_fields(http_version, header_section, self._refuse_underscore)
+        if fields.framing_refusal is not None:
+            return self._refuse(*fields.framing_refusal)
+        content_length = fields.content_length
+        if content_length is not None and content_length > self._limits.body_max_bytes:
+            return self._refuse(reasons.BODY_TOO_LARGE, f"Content-Length {content_length}")
+        if fields.host_refusal is not None:
+            return self._refuse(*fields.host_refusal)
 
         if method == b"CONNECT":
             return self._refuse(reasons.METHOD_NOT_SUPPORTED, "CONNECT")
@@ -445,15 +526,11 @@ class RequestParser:
 
         # The second reading: h11 parses the same header section with its own grammar. A head
         # that passes our policy and fails h11 is refused too; the two must agree.
-        verdict = _second_reading(http_version, head[len(request_line) + 2 :])
+        verdict = _second_reading(http_version, header_section)
         if verdict is not None:
             return self._refuse(reasons.MALFORMED_HEADER, f"h11: {verdict}")
 
-        if http_version == b"1.1":
-            keep_alive = b"close" not in connection_tokens
-        else:
-            keep_alive = b"keep-alive" in connection_tokens and b"close" not in connection_tokens
-
+        chunked = fields.chunked
         if chunked:
             self._state = _CHUNK_SIZE
         elif content_length:
@@ -467,12 +544,12 @@ class RequestParser:
             raw_target=raw_target,
             target=target,
             http_version=http_version,
-            headers=tuple(headers),
+            headers=fields.headers,
             content_length=content_length,
             chunked=chunked,
-            keep_alive=keep_alive,
-            expect_continue=expect and http_version == b"1.1",
-            host=host,
+            keep_alive=fields.keep_alive,
+            expect_continue=fields.expect,
+            host=fields.host,
         )
 
     # -- bodies ------------------------------------------------------------------------------
