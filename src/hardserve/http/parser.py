@@ -168,7 +168,8 @@ class _Fields:
 # underscores are refused), for the same reason as h11's verdicts above: a client sends the same
 # header section with every request, and reading its fields one by one costs more than the rest
 # of the request line's checks. A hit is the same pure function's result, so exactly as strict.
-# Bounded in entries and in the size of what is kept; nothing in a _Fields is mutable.
+# Bounded in entries and in the size of what is kept. A _Fields is never changed once made:
+# every request with that section shares it (its headers tuple goes into each RequestHead).
 _FIELD_READINGS: tuple[dict[bytes, _Fields], dict[bytes, _Fields]] = ({}, {})
 _FIELD_READINGS_MAX: Final = 256
 _FIELD_READING_KEY_MAX_BYTES: Final = 2048
