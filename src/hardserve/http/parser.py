@@ -114,9 +114,14 @@ _VERDICTS_MAX: Final = 1024
 _VERDICT_KEY_MAX_BYTES: Final = 4096
 
 
-def _second_reading(http_version: bytes, header_section: bytes) -> str | None:
-    """h11's objection to this header section (with its CRLF CRLF), or None."""
-    key = http_version + header_section
+def _second_reading(
+    http_version: bytes, header_section: bytes, key: bytes | None = None
+) -> str | None:
+    """h11's objection to this header section (with its CRLF CRLF), or None. `key` is
+    http_version + header_section when the caller has made it already (its hash is kept with
+    it, so the two caches that look it up hash the section once)."""
+    if key is None:
+        key = http_version + header_section
     try:
         return _VERDICTS[key]
     except KeyError:
@@ -175,10 +180,12 @@ _FIELD_READINGS_MAX: Final = 256
 _FIELD_READING_KEY_MAX_BYTES: Final = 2048
 
 
-def _read_fields(http_version: bytes, header_section: bytes, refuse_underscore: bool) -> _Fields:
-    """The reading of this header section (its lines, then CRLF), from the cache or fresh."""
+def _read_fields(
+    http_version: bytes, header_section: bytes, refuse_underscore: bool, key: bytes
+) -> _Fields:
+    """The reading of this header section (its lines, then CRLF), from the cache or fresh.
+    `key` is http_version + header_section."""
     readings = _FIELD_READINGS[refuse_underscore]
-    key = http_version + header_section
     try:
         return readings[key]
     except KeyError:
@@ -509,7 +516,8 @@ class RequestParser:
             return self._refuse(reasons.MALFORMED_REQUEST_LINE, "target is not visible ASCII")
 
         header_section = head[len(request_line) + 2 :]
-        fields = _read_fields(http_version, header_section, self._refuse_underscore)
+        key = http_version + header_section  # of both caches below
+        fields = _read_fields(http_version, header_section, self._refuse_underscore, key)
         if fields.framing_refusal is not None:
             return self._refuse(*fields.framing_refusal)
         content_length = fields.content_length
@@ -527,7 +535,7 @@ class RequestParser:
 
         # The second reading: h11 parses the same header section with its own grammar. A head
         # that passes our policy and fails h11 is refused too; the two must agree.
-        verdict = _second_reading(http_version, header_section)
+        verdict = _second_reading(http_version, header_section, key)
         if verdict is not None:
             return self._refuse(reasons.MALFORMED_HEADER, f"h11: {verdict}")
 

@@ -368,23 +368,21 @@ class AccessLog:
             if len(pending) == 1:
                 self.schedule(self.flush)
             return
-        logger = _access_log
-        logger.handle(logger.makeRecord(ACCESS, logging.INFO, __file__, 0, line, (), None))
+        _through_logging(line)
 
     def flush(self) -> None:
         """Write the lines held for the end of the turn (the worker calls it once more as it
         exits)."""
-        pending = self._pending
-        if not pending:
+        lines = self._pending
+        if not lines:
             return
-        text = "\n".join(pending) + "\n"
-        pending.clear()
+        self._pending = []
         handler = _own_access_handler
         if handler is None:  # logging was configured again meanwhile
-            logger = _access_log
-            for line in text.splitlines():
-                logger.handle(logger.makeRecord(ACCESS, logging.INFO, __file__, 0, line, (), None))
+            for line in lines:
+                _through_logging(line)
             return
+        text = "\n".join(lines) + "\n"
         handler.acquire()
         try:
             handler.stream.write(text)
@@ -393,6 +391,11 @@ class AccessLog:
             handler.handleError(logging.makeLogRecord({"msg": text, "name": ACCESS}))
         finally:
             handler.release()
+
+
+def _through_logging(line: str) -> None:
+    logger = _access_log
+    logger.handle(logger.makeRecord(ACCESS, logging.INFO, __file__, 0, line, (), None))
 
 
 # The handler configure() gave the access logger (None: the access log is off, or not ours).

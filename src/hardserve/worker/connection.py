@@ -888,12 +888,15 @@ class HttpConnection(asyncio.Protocol):
 
     def _loop_hand_over_fd(self, handed: list[int], ready: threading.Event) -> None:
         transport = self._transport
-        sock = None if transport is None else transport.get_extra_info("socket")
-        if transport is None or self._closing or sock is None:
+        if transport is None or self._closing:
             ready.set()
             return
         if transport.get_write_buffer_size():
             asyncio.get_running_loop().call_later(0.001, self._loop_hand_over_fd, handed, ready)
+            return
+        sock = transport.get_extra_info("socket")  # asked once, not on every look above
+        if sock is None:
+            ready.set()
             return
         self._response_started = True
         handed.append(os.dup(sock.fileno()))
