@@ -9,7 +9,7 @@ from wsgiref.validate import check_environ
 
 import pytest
 
-from hardserve.http.environ import build_environ
+from hardserve.http.environ import build_environ, worker_constants
 from hardserve.http.forwarded import (
     FORWARDED_INVALID,
     NOT_FORWARDED,
@@ -29,6 +29,9 @@ class Wrapper:
     """Stands in for the server's wsgi.file_wrapper."""
 
 
+CONSTANTS = worker_constants(wsgi_errors=ERRORS, file_wrapper=Wrapper)
+
+
 def head_of(raw: bytes) -> RequestHead:
     parser = RequestParser(Limits(header_count_max=1000))
     parser.feed(raw)
@@ -43,11 +46,13 @@ def environ_of(raw: bytes, **overrides: Any) -> dict[str, Any]:
         "server": ("127.0.0.1", 8000),
         "url_scheme": "http",
         "wsgi_input": INPUT,
-        "wsgi_errors": ERRORS,
-        "file_wrapper": Wrapper,
     }
+    script_name = overrides.pop("script_name", None)
     kwargs.update(overrides)
-    return build_environ(head_of(raw), **kwargs)
+    constants = CONSTANTS
+    if script_name is not None:
+        constants = worker_constants(wsgi_errors=ERRORS, file_wrapper=Wrapper, script_name=script_name)
+    return build_environ(head_of(raw), constants, **kwargs)
 
 
 def request(*lines: bytes, first: bytes = b"GET / HTTP/1.1") -> bytes:
@@ -107,6 +112,17 @@ def test_unknown_peer_and_other_options() -> None:
     assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("", "")
     assert environ["wsgi.url_scheme"] == "https"
     assert environ["SCRIPT_NAME"] == "/app"
+
+
+def test_each_environ_is_a_copy_the_app_may_change() -> None:
+    before = dict(CONSTANTS)
+    first = environ_of(request(b"Host: x", b"X-One: 1"))
+    first["SCRIPT_NAME"] = "/changed"
+    first["wsgi.extra"] = "set by the app"
+    second = environ_of(request(b"Host: x"))
+    assert dict(CONSTANTS) == before  # unchanged by the requests above
+    assert second["SCRIPT_NAME"] == "" and "wsgi.extra" not in second
+    assert "HTTP_X_ONE" not in second and "HTTP_X_ONE" not in CONSTANTS
 
 
 def test_http10() -> None:
@@ -177,7 +193,7 @@ def test_raw_bytes_in_a_target_decode_as_latin1() -> None:
     # The parser refuses such a target; build_environ still must not lose or re-encode bytes.
     raw_target = b"/\xc3\xa0%20k?\xff"
     head = dataclasses.replace(head_of(request(b"Host: x")), raw_target=raw_target, target=parse_target(b"GET", raw_target))
-    environ = build_environ(head, peer=None, server=("h", 1), url_scheme="http", wsgi_input=INPUT, wsgi_errors=ERRORS, file_wrapper=Wrapper)
+    environ = build_environ(head, CONSTANTS, peer=None, server=("h", 1), url_scheme="http", wsgi_input=INPUT)
     assert environ["PATH_INFO"] == "/\xc3\xa0 k"
     assert environ["QUERY_STRING"] == "\xff"
     assert environ["RAW_URI"] == "/\xc3\xa0%20k?\xff"
@@ -322,5 +338,5 @@ def test_stripped_headers_are_the_ones_the_resolution_gives() -> None:
     raw = request(b"Host: x", b"X-Keep: 1")
     head = head_of(raw)
     resolution = Resolution(headers=((b"host", b"x"),))
-    environ = build_environ(head, peer=None, server=("h", 1), url_scheme="http", wsgi_input=INPUT, wsgi_errors=ERRORS, file_wrapper=Wrapper, resolution=resolution)
+    environ = build_environ(head, CONSTANTS, peer=None, server=("h", 1), url_scheme="http", wsgi_input=INPUT, resolution=resolution)
     assert "HTTP_X_KEEP" not in environ and environ["HTTP_HOST"] == "x"

@@ -48,7 +48,7 @@ from hardserve.http.response import (
 )
 from hardserve.observe.logs import incoming_request_id
 from hardserve.worker.body import EMPTY_INPUT, BodyChannel, BodyReadError, InputStream
-from hardserve.worker.call import ClientGone, FileWrapper, Output, WsgiCall, output_size
+from hardserve.worker.call import ClientGone, Output, WsgiCall, output_size
 
 if TYPE_CHECKING:
     from hardserve.worker.server import WorkerShared
@@ -582,12 +582,11 @@ class HttpConnection(asyncio.Protocol):
             wsgi_input = EMPTY_INPUT
         environ = build_environ(
             head,
+            shared.environ_constants,
             peer=self._peer,
             server=self._server_addr or ("", 0),
             url_scheme=self._url_scheme,
             wsgi_input=wsgi_input,
-            wsgi_errors=shared.wsgi_errors,
-            file_wrapper=FileWrapper,
             resolution=resolution,
         )
         if self._tls_environ is not None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from hardserve import tls
 from hardserve.http import reasons
+from hardserve.http.environ import worker_constants
 from hardserve.http.forwarded import HeaderFamily, TrustedPeers
 from hardserve.http.parser import RequestHead
 from hardserve.http.reasons import Reason
@@ -23,7 +24,7 @@ from hardserve.http.response import ResponseFramer
 from hardserve.http.target import PathPolicy
 from hardserve.observe.logs import AccessEntry, AccessLog, RequestIds, log_refusal
 from hardserve.observe.stats import WorkerStats
-from hardserve.worker.call import WsgiApp, WsgiCall
+from hardserve.worker.call import FileWrapper, WsgiApp, WsgiCall
 from hardserve.worker.connection import HttpConnection
 from hardserve.worker.fixed_headers import FixedHeaders
 from hardserve.worker.pool import Pool
@@ -139,6 +140,8 @@ class WorkerShared:
         self.config = config
         self.pool = pool
         self.wsgi_errors = wsgi_errors
+        # Every request's environ starts as a copy of these.
+        self.environ_constants = worker_constants(wsgi_errors=wsgi_errors, file_wrapper=FileWrapper)
         self.fixed_headers = FixedHeaders(config.server_header or None)
         self.path_policy = PathPolicy(
             allow_encoded_slash=config.path_encoded_slash == "allow",
