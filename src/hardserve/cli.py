@@ -13,6 +13,7 @@ version, 1 when one does.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -587,6 +588,9 @@ def run_worker_process(app_spec: str, config: Any, sockets: Any, heartbeat_fd: i
     from hardserve.loader import AppLoadError, load_app
     from hardserve.worker.main import run_worker
 
+    if config.gc_gen0_threshold:
+        # Before the app is imported, so that an app setting its own thresholds keeps them.
+        gc.set_threshold(config.gc_gen0_threshold, *gc.get_threshold()[1:])
     try:
         app = load_app(app_spec, chdir=config.chdir, pythonpath=config.pythonpath)
     except AppLoadError as exc:

@@ -390,6 +390,40 @@ def test_a_worker_freezes_what_it_holds_at_start() -> None:
     assert json.loads(reply.body)["gc_frozen"] > 1000
 
 
+def _interpreter_gc_threshold() -> list[int]:
+    """A fresh interpreter's thresholds (this test process's may have been changed)."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import gc, json; print(json.dumps(gc.get_threshold()))"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=True,
+    ).stdout
+    return list(json.loads(out))
+
+
+@pytest.mark.parametrize(
+    ("app", "args", "env", "expected"),
+    [
+        ("probe", (), {}, "10000 and the interpreter's others"),
+        ("probe", ("--gc-gen0-threshold", "2500"), {}, "2500 and the interpreter's others"),
+        ("probe", (), {"HARDSERVE_GC_GEN0_THRESHOLD": "3000"}, "3000 and the interpreter's others"),
+        ("probe", ("--gc-gen0-threshold", "0"), {}, "the interpreter's"),
+        ("own_gc", (), {}, "the app's own"),  # set at import: applied before, so the app's win
+    ],
+)
+def test_gc_gen0_threshold(app: str, args: tuple[str, ...], env: dict[str, str], expected: str) -> None:
+    interpreter = _interpreter_gc_threshold()
+    wanted = {
+        "the interpreter's": interpreter,
+        "the app's own": [1234, 5, 6],
+    }.get(expected) or [int(expected.split()[0]), *interpreter[1:]]
+    with serve_process(f"tests.apps_cli.{app}:app", *args, env=env, cwd=str(ROOT)) as server:
+        reply = fetch(server)
+    assert reply.status == 200
+    assert json.loads(reply.body)["gc_threshold"] == wanted
+
+
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
