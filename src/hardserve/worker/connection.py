@@ -235,10 +235,7 @@ class HttpConnection(asyncio.Protocol):
         "requests_served",
     )
 
-    def __init__(self, shared: WorkerShared, local_addr: tuple[str, int] | None = None) -> None:
-        """`local_addr`: the address every connection of its listener is made to, when the
-        listener says so (bound to one address: worker/server.py fixed_local_address); None
-        asks the socket."""
+    def __init__(self, shared: WorkerShared) -> None:
         self._shared = shared
         self._stats = shared.stats
         self._limits = shared.config.limits
@@ -250,7 +247,7 @@ class HttpConnection(asyncio.Protocol):
         )
         self._transport: asyncio.Transport | None = None
         self._peer: tuple[str, int] | None = None
-        self._server_addr: tuple[str, int] | None = local_addr
+        self._server_addr: tuple[str, int] = ("", 0)
         self._url_scheme = "http"
         self._tls_environ: dict[str, str] | None = None
         self.can_sendfile = False
@@ -325,14 +322,11 @@ class HttpConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self._peer = (str(peer[0]), int(peer[1]))
-        if self._server_addr is None:
-            # A getsockname call, saved on listeners bound to one address (their connections'
-            # address is the listener's own).
-            sockname = transport.get_extra_info("sockname")
-            if isinstance(sockname, tuple):
-                self._server_addr = (str(sockname[0]), int(sockname[1]))
-            else:
-                self._server_addr = (sockname if isinstance(sockname, str) else "", 0)
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(sockname, tuple):
+            self._server_addr = (str(sockname[0]), int(sockname[1]))
+        elif isinstance(sockname, str):
+            self._server_addr = (sockname, 0)
         if transport.get_extra_info("sslcontext") is None:
             # The socket itself is asked for only when a file is sent (_loop_hand_over_fd):
             # uvloop builds it with another getsockname call, on every connection otherwise.
@@ -584,7 +578,7 @@ class HttpConnection(asyncio.Protocol):
             head,
             shared.environ_constants,
             peer=self._peer,
-            server=self._server_addr or ("", 0),
+            server=self._server_addr,
             url_scheme=self._url_scheme,
             wsgi_input=wsgi_input,
             resolution=resolution,

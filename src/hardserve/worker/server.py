@@ -4,8 +4,6 @@ open connections with the caps on them, and the graceful drain."""
 from __future__ import annotations
 
 import asyncio
-import functools
-import ipaddress
 import logging
 import socket
 import sys
@@ -33,11 +31,6 @@ from hardserve.worker.tls_accept import TlsHandshake
 if TYPE_CHECKING:
     from hardserve.settings import Config
 
-# Linux's values (linux/in.h, linux/in6.h); the socket module names only the first, and only
-# on some builds.
-_IP_TRANSPARENT = 19
-_IPV6_TRANSPARENT = 75
-
 _access_log = logging.getLogger("hardserve.access")
 _error_log = logging.getLogger("hardserve.error")
 
@@ -54,7 +47,7 @@ class Acceptor:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        factory: Callable[[tuple[str, int] | None], asyncio.Protocol],
+        factory: Callable[[], asyncio.Protocol],
         sockets: list[socket.socket],
         backlog: int,
         tls_factory: Callable[[tls.Context], asyncio.Protocol] | None = None,
@@ -82,22 +75,17 @@ class Acceptor:
         for sock in self._sockets:
             kwargs: dict[str, Any] = {"sock": sock.dup(), "backlog": self._backlog}
             if sock.family == socket.AF_UNIX:
-                servers.append(await self._loop.create_unix_server(self._plain, **kwargs))
+                servers.append(await self._loop.create_unix_server(self._factory, **kwargs))
             else:
-                factory: Callable[[], asyncio.Protocol] = self._plain
+                factory = self._factory
                 if self._tls_factory is not None and tls.serves_tls(sock):
                     factory = self._tls_connection
-                elif (local := fixed_local_address(sock)) is not None:
-                    factory = functools.partial(self._factory, local)
                 servers.append(await self._loop.create_server(factory, **kwargs))
         if self.closed or not self.accepting:
             for server in servers:  # paused or closed while the servers were being made
                 server.close()
             return
         self.servers = servers
-
-    def _plain(self) -> asyncio.Protocol:
-        return self._factory(None)
 
     def _tls_connection(self) -> asyncio.Protocol:
         assert self._tls_factory is not None and self.tls_context is not None
@@ -402,31 +390,6 @@ class WorkerShared:
         return True
 
 
-def fixed_local_address(sock: socket.socket) -> tuple[str, int] | None:
-    """The local address of every connection a TCP listener accepts, when it is the listener's
-    own: bound to one address (not 0.0.0.0 or ::) and not transparent (IP_TRANSPARENT lets a
-    listener accept connections made to other addresses). None when each connection must be
-    asked (getsockname)."""
-    try:
-        address = sock.getsockname()
-        if sock.family == socket.AF_INET:
-            transparent = sock.getsockopt(socket.SOL_IP, _IP_TRANSPARENT)
-        elif sock.family == socket.AF_INET6:
-            transparent = sock.getsockopt(socket.IPPROTO_IPV6, _IPV6_TRANSPARENT)
-        else:
-            return None
-    except OSError:
-        return None
-    host = str(address[0])
-    try:
-        unspecified = ipaddress.ip_address(host.partition("%")[0]).is_unspecified
-    except ValueError:
-        return None
-    if transparent or unspecified:
-        return None
-    return host, int(address[1])
-
-
 def _decrement(counts: dict[str, int], key: str) -> None:
     count = counts.get(key, 0) - 1
     if count > 0:
@@ -438,8 +401,8 @@ def _decrement(counts: dict[str, int], key: str) -> None:
 async def start_servers(
     loop: asyncio.AbstractEventLoop, shared: WorkerShared, sockets: list[socket.socket]
 ) -> Acceptor:
-    def factory(local_addr: tuple[str, int] | None = None) -> HttpConnection:
-        return HttpConnection(shared, local_addr)
+    def factory() -> HttpConnection:
+        return HttpConnection(shared)
 
     shared.loop = loop
     shared.access_log.schedule = loop.call_soon  # a turn's access-log lines in one write
