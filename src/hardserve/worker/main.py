@@ -34,6 +34,9 @@ _log = logging.getLogger("hardserve.error")
 
 # How often a worker sends its stats to the master (with a heartbeat).
 _SNAPSHOT_INTERVAL_S = 1.0
+# How often a worker looks at its listeners' accept queues (Acceptor.watch_queue): a system
+# call per TCP listener, and a load that starts waits at most this long for the extra servers.
+_ACCEPT_QUEUE_CHECK_S = 0.1
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
@@ -145,6 +148,7 @@ class Worker:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
         date_timer = self._tick_date(loop, shared)
         overdue_timer = self._watch_overdue(loop, shared)
+        queue_timer = self._watch_accept_queue(loop, acceptor)
         beat_timer = self._beat(loop, shared)
         self.ready.set()
         if self.heartbeat is not None:
@@ -163,6 +167,7 @@ class Worker:
                 _log.warning("graceful timeout: %d connections cut", len(shared.connections))
         date_timer[0].cancel()
         overdue_timer[0].cancel()
+        queue_timer[0].cancel()
         beat_timer[0].cancel()
         pool.stop(timeout=0.0 if self._fast_stop else 1.0)
         shared.access_log.flush()  # the last turn's lines: the loop may not turn again
@@ -285,6 +290,18 @@ class Worker:
             handle[:] = [loop.call_later(interval, check)]
 
         handle.append(loop.call_later(interval, check))
+        return handle
+
+    def _watch_accept_queue(
+        self, loop: asyncio.AbstractEventLoop, acceptor: Acceptor
+    ) -> list[asyncio.TimerHandle]:
+        handle: list[asyncio.TimerHandle] = []
+
+        def check() -> None:
+            acceptor.watch_queue(time.monotonic())
+            handle[:] = [loop.call_later(_ACCEPT_QUEUE_CHECK_S, check)]
+
+        handle.append(loop.call_later(_ACCEPT_QUEUE_CHECK_S, check))
         return handle
 
     def _tick_date(

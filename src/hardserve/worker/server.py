@@ -35,6 +35,34 @@ _access_log = logging.getLogger("hardserve.access")
 _error_log = logging.getLogger("hardserve.error")
 
 
+# A long accept queue (see Acceptor.watch_queue). uvloop's libuv accepts one connection per
+# listening handle per loop turn, so a worker with one handle per listener turned its loop, and
+# handed work to a pool thread and back, once per new connection: with Connection: close under
+# load, some 3.4 context switches and 110-120 µs of CPU per connection, against 0.8 and 66-78 µs
+# with 8 handles on the same socket (bench/NOTES.md). Extra handles cost when the queue is
+# short: each turn every handle tries an accept, and all but one find nothing (about 15 % more
+# CPU per connection for a lone client), so they are opened only while connections wait.
+SURGE_HANDLES = 8  # per TCP listener, the first included
+SURGE_QUEUE = 2  # connections waiting in a listener's accept queue that open the extra handles
+SURGE_QUIET_S = 2.0  # the extra handles close after this long with no connection waiting
+# struct tcp_info (linux/tcp.h): for a listening socket, tcpi_unacked is its accept queue.
+_TCPI_UNACKED_OFFSET = 24
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+
+
+def accept_queue(sock: socket.socket) -> int:
+    """Connections waiting in a TCP listener's accept queue (0 where the system does not say)."""
+    if _TCP_INFO is None:
+        return 0
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCPI_UNACKED_OFFSET + 4)
+    except OSError:
+        return 0
+    if len(info) < _TCPI_UNACKED_OFFSET + 4:
+        return 0
+    return int.from_bytes(info[_TCPI_UNACKED_OFFSET : _TCPI_UNACKED_OFFSET + 4], sys.byteorder)
+
+
 class Acceptor:
     """The worker's listening servers, which it can stop and restart.
 
@@ -42,6 +70,9 @@ class Acceptor:
     backlog instead of the worker accepting them. Each server is given a duplicate of its
     listening socket (closing a server closes the socket it was given); the original stays open
     and keeps the port, and restarting makes a new server on a new duplicate.
+
+    While connections wait in a TCP listener's accept queue, more servers are made on more
+    duplicates of it (`surge`): each accepts one connection per loop turn.
     """
 
     def __init__(
@@ -56,6 +87,7 @@ class Acceptor:
         self._loop = loop
         self._factory = factory
         self._sockets = sockets
+        self._tcp_sockets = [sock for sock in sockets if sock.family != socket.AF_UNIX]
         self._backlog = backlog
         # With TLS configured the tls:// listeners speak it, or every TCP listener when no
         # bind says tls://; unix sockets stay plain (a local proxy in front, docs/tls.md). Their
@@ -68,24 +100,28 @@ class Acceptor:
         self._starting: asyncio.Task[None] | None = None
         self.accepting = False
         self.closed = False
+        # The extra servers while connections wait (watch_queue), and when one last waited.
+        self.surge: list[asyncio.AbstractServer] = []
+        self._surge_starting: asyncio.Task[None] | None = None
+        self._waited_at = 0.0
 
     async def start(self) -> None:
         self.accepting = True
-        servers: list[asyncio.AbstractServer] = []
-        for sock in self._sockets:
-            kwargs: dict[str, Any] = {"sock": sock.dup(), "backlog": self._backlog}
-            if sock.family == socket.AF_UNIX:
-                servers.append(await self._loop.create_unix_server(self._factory, **kwargs))
-            else:
-                factory = self._factory
-                if self._tls_factory is not None and tls.serves_tls(sock):
-                    factory = self._tls_connection
-                servers.append(await self._loop.create_server(factory, **kwargs))
+        servers = [await self._serve(sock) for sock in self._sockets]
         if self.closed or not self.accepting:
             for server in servers:  # paused or closed while the servers were being made
                 server.close()
             return
         self.servers = servers
+
+    async def _serve(self, sock: socket.socket) -> asyncio.AbstractServer:
+        kwargs: dict[str, Any] = {"sock": sock.dup(), "backlog": self._backlog}
+        if sock.family == socket.AF_UNIX:
+            return await self._loop.create_unix_server(self._factory, **kwargs)
+        factory = self._factory
+        if self._tls_factory is not None and tls.serves_tls(sock):
+            factory = self._tls_connection
+        return await self._loop.create_server(factory, **kwargs)
 
     def _tls_connection(self) -> asyncio.Protocol:
         assert self._tls_factory is not None and self.tls_context is not None
@@ -95,6 +131,7 @@ class Acceptor:
         if not self.accepting:
             return
         self.accepting = False
+        self._end_surge()
         for server in self.servers:
             server.close()
         self.servers = []
@@ -113,6 +150,37 @@ class Acceptor:
         self.pause()
         for sock in self._sockets:
             sock.close()
+
+    # -- a long accept queue -----------------------------------------------------------------
+
+    def watch_queue(self, now: float) -> None:
+        """Called a few times a second: open the extra servers when connections wait in an
+        accept queue, close them once none has waited for SURGE_QUIET_S."""
+        if not self.accepting or not self._tcp_sockets:
+            return
+        waiting = max(accept_queue(sock) for sock in self._tcp_sockets)
+        if waiting:
+            self._waited_at = now
+        if waiting >= SURGE_QUEUE:
+            if not self.surge and (self._surge_starting is None or self._surge_starting.done()):
+                self._surge_starting = self._loop.create_task(self._start_surge())
+        elif self.surge and now - self._waited_at >= SURGE_QUIET_S:
+            self._end_surge()
+
+    async def _start_surge(self) -> None:
+        extra = [
+            await self._serve(sock) for sock in self._tcp_sockets for _ in range(SURGE_HANDLES - 1)
+        ]
+        if self.closed or not self.accepting:
+            for server in extra:  # paused or closed meanwhile
+                server.close()
+            return
+        self.surge = extra
+
+    def _end_surge(self) -> None:
+        for server in self.surge:
+            server.close()
+        self.surge = []
 
 
 class WorkerShared:
