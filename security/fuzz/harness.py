@@ -39,7 +39,7 @@ import h11
 from hardserve.http import environ as environ_module
 from hardserve.http import parser as parser_module
 from hardserve.http import reasons
-from hardserve.http.environ import build_environ
+from hardserve.http.environ import build_environ, worker_constants
 from hardserve.http.limits import Limits
 from hardserve.http.parser import (
     CLOSED,
@@ -258,15 +258,17 @@ def _check_refusal(parser: RequestParser, refusal: Refusal) -> None:
         raise Violation("outcome", f"refusal {code!r} is not final: then {again!r}")
 
 
+_ENVIRON_CONSTANTS = worker_constants(wsgi_errors=None, file_wrapper=None)
+
+
 def _check_environ(head: RequestHead) -> None:
     build_environ(
         head,
+        _ENVIRON_CONSTANTS,
         peer=("192.0.2.1", 40000),
         server=("127.0.0.1", 8000),
         url_scheme="http",
         wsgi_input=None,
-        wsgi_errors=None,
-        file_wrapper=None,
     )
 
 
