@@ -7,40 +7,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 import uvloop
 
-from hardserve.worker.server import (
-    SURGE_HANDLES,
-    SURGE_QUEUE,
-    SURGE_QUIET_S,
-    Acceptor,
-    accept_queue,
-)
+from hardserve.worker.accept_queue import accept_queue
+from hardserve.worker.server import SURGE_HANDLES, SURGE_QUEUE, SURGE_QUIET_S, Acceptor
 from tests.helpers import TIMEOUT_S
 
 WAITING = 24  # connections made before the worker accepts any
 
 
-@contextlib.contextmanager
-def listener() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    sock.setblocking(False)
-    try:
-        yield sock
-    finally:
-        sock.close()
+@pytest.fixture(params=["tcp", "unix"])
+def family(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @contextlib.contextmanager
-def clients(port: int, count: int) -> Iterator[list[socket.socket]]:
+def listener(family: str) -> Iterator[socket.socket]:
+    with tempfile.TemporaryDirectory(prefix="hs-", dir="/tmp") as directory:
+        if family == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(f"{directory}/listener")
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        sock.setblocking(False)
+        try:
+            yield sock
+        finally:
+            sock.close()
+
+
+@contextlib.contextmanager
+def clients(server: socket.socket, count: int) -> Iterator[list[socket.socket]]:
     """`count` connections, each complete (in the listener's accept queue) when this yields."""
-    made = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) for _ in range(count)]
+    made: list[socket.socket] = []
     try:
+        for _ in range(count):
+            sock = socket.socket(server.family, socket.SOCK_STREAM)
+            made.append(sock)
+            sock.settimeout(TIMEOUT_S)
+            sock.connect(server.getsockname())
         yield made
     finally:
         for sock in made:
@@ -56,10 +67,10 @@ class Counted(asyncio.Protocol):
         self._accepted.append(self._turns[0])  # the loop turn it was accepted in
 
 
-def test_accept_queue_counts_the_connections_waiting() -> None:
-    with listener() as sock:
+def test_accept_queue_counts_the_connections_waiting(family: str) -> None:
+    with listener(family) as sock:
         assert accept_queue(sock) == 0
-        with clients(sock.getsockname()[1], 3):
+        with clients(sock, 3):
             assert accept_queue(sock) == 3
 
 
@@ -77,7 +88,7 @@ async def _accept_all(sock: socket.socket, *, watch: bool) -> tuple[list[int], A
     await acceptor.start()
     if watch:
         acceptor.watch_queue(loop.time())
-        starting = acceptor._surge_starting
+        starting = acceptor._surges[0].task
         assert starting is not None, "a long queue must open the extra servers"
         await starting
     loop.call_soon(count_turn)
@@ -87,9 +98,9 @@ async def _accept_all(sock: socket.socket, *, watch: bool) -> tuple[list[int], A
     return accepted, acceptor
 
 
-def test_a_long_queue_opens_servers_that_accept_several_connections_a_turn() -> None:
+def test_a_long_queue_opens_servers_that_accept_several_connections_a_turn(family: str) -> None:
     async def main() -> None:
-        with listener() as sock, clients(sock.getsockname()[1], WAITING):
+        with listener(family) as sock, clients(sock, WAITING):
             accepted, acceptor = await _accept_all(sock, watch=True)
             assert len(acceptor.surge) == SURGE_HANDLES - 1
             # One connection per server per turn: the queue empties in a few turns, not one
@@ -101,12 +112,12 @@ def test_a_long_queue_opens_servers_that_accept_several_connections_a_turn() -> 
     uvloop.run(main())
 
 
-def test_the_extra_servers_close_once_no_connection_has_waited_for_a_while() -> None:
+def test_the_extra_servers_close_once_no_connection_has_waited_for_a_while(family: str) -> None:
     async def main() -> None:
-        with listener() as sock, clients(sock.getsockname()[1], WAITING):
+        with listener(family) as sock, clients(sock, WAITING):
             _, acceptor = await _accept_all(sock, watch=True)
             assert acceptor.surge
-            waited_at = acceptor._waited_at
+            waited_at = acceptor._surges[0].waited_at
             acceptor.watch_queue(waited_at + SURGE_QUIET_S / 2)  # empty queue, not quiet long
             assert acceptor.surge
             acceptor.watch_queue(waited_at + SURGE_QUIET_S)
@@ -118,31 +129,48 @@ def test_the_extra_servers_close_once_no_connection_has_waited_for_a_while() -> 
 
 
 @pytest.mark.parametrize("waiting", range(SURGE_QUEUE))
-def test_a_short_queue_opens_no_extra_server(waiting: int) -> None:
+def test_a_short_queue_opens_no_extra_server(family: str, waiting: int) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        with listener() as sock, clients(sock.getsockname()[1], waiting):
+        with listener(family) as sock, clients(sock, waiting):
             acceptor = Acceptor(loop, asyncio.Protocol, [sock.dup()], 128)
             acceptor.accepting = True  # as started, without a server taking the connections
             acceptor.watch_queue(loop.time())
-            assert acceptor._surge_starting is None
+            assert acceptor._surges[0].task is None
             acceptor.close()
 
     uvloop.run(main())
 
 
-def test_a_paused_acceptor_closes_its_extra_servers_and_opens_none() -> None:
+def test_a_paused_acceptor_closes_its_extra_servers_and_opens_none(family: str) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        with listener() as sock, clients(sock.getsockname()[1], WAITING):
+        with listener(family) as sock, clients(sock, WAITING):
             _, acceptor = await _accept_all(sock, watch=True)
             assert acceptor.surge
             acceptor.pause()  # connections_max reached
             assert acceptor.surge == [] and acceptor.servers == []
-            with clients(sock.getsockname()[1], SURGE_QUEUE):
+            with clients(sock, SURGE_QUEUE):
                 acceptor.watch_queue(loop.time())
                 assert acceptor.surge == []
-                assert acceptor._surge_starting is None or acceptor._surge_starting.done()
+                assert not acceptor._surges[0].starting
+            acceptor.close()
+
+    uvloop.run(main())
+
+
+def test_only_the_listener_with_connections_waiting_gets_extra_servers() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with listener("tcp") as busy, listener("unix") as quiet, clients(busy, SURGE_QUEUE):
+            acceptor = Acceptor(loop, asyncio.Protocol, [busy.dup(), quiet.dup()], 128)
+            acceptor.accepting = True  # as started, without a server taking the connections
+            acceptor.watch_queue(loop.time())
+            busy_surge, quiet_surge = acceptor._surges
+            assert busy_surge.task is not None and quiet_surge.task is None
+            await busy_surge.task
+            assert len(acceptor.surge) == SURGE_HANDLES - 1
+            assert all(server.sockets[0].family == socket.AF_INET for server in acceptor.surge)
             acceptor.close()
 
     uvloop.run(main())

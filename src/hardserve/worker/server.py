@@ -22,6 +22,7 @@ from hardserve.http.response import ResponseFramer
 from hardserve.http.target import PathPolicy
 from hardserve.observe.logs import AccessEntry, AccessLog, RequestIds, log_refusal
 from hardserve.observe.stats import WorkerStats
+from hardserve.worker.accept_queue import accept_queue
 from hardserve.worker.call import FileWrapper, WsgiApp, WsgiCall
 from hardserve.worker.connection import HttpConnection
 from hardserve.worker.fixed_headers import FixedHeaders
@@ -38,29 +39,13 @@ _error_log = logging.getLogger("hardserve.error")
 # A long accept queue (see Acceptor.watch_queue). uvloop's libuv accepts one connection per
 # listening handle per loop turn, so a worker with one handle per listener turned its loop, and
 # handed work to a pool thread and back, once per new connection: with Connection: close under
-# load, some 3.4 context switches and 110-120 µs of CPU per connection, against 0.8 and 66-78 µs
+# load, some 3.4 context switches and 110-130 µs of CPU per connection, against 0.8 and 73-77 µs
 # with 8 handles on the same socket (bench/NOTES.md). Extra handles cost when the queue is
 # short: each turn every handle tries an accept, and all but one find nothing (about 15 % more
 # CPU per connection for a lone client), so they are opened only while connections wait.
-SURGE_HANDLES = 8  # per TCP listener, the first included
+SURGE_HANDLES = 8  # per listener, the first included
 SURGE_QUEUE = 2  # connections waiting in a listener's accept queue that open the extra handles
 SURGE_QUIET_S = 2.0  # the extra handles close after this long with no connection waiting
-# struct tcp_info (linux/tcp.h): for a listening socket, tcpi_unacked is its accept queue.
-_TCPI_UNACKED_OFFSET = 24
-_TCP_INFO = getattr(socket, "TCP_INFO", None)
-
-
-def accept_queue(sock: socket.socket) -> int:
-    """Connections waiting in a TCP listener's accept queue (0 where the system does not say)."""
-    if _TCP_INFO is None:
-        return 0
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCPI_UNACKED_OFFSET + 4)
-    except OSError:
-        return 0
-    if len(info) < _TCPI_UNACKED_OFFSET + 4:
-        return 0
-    return int.from_bytes(info[_TCPI_UNACKED_OFFSET : _TCPI_UNACKED_OFFSET + 4], sys.byteorder)
 
 
 class Acceptor:
@@ -71,7 +56,7 @@ class Acceptor:
     listening socket (closing a server closes the socket it was given); the original stays open
     and keeps the port, and restarting makes a new server on a new duplicate.
 
-    While connections wait in a TCP listener's accept queue, more servers are made on more
+    While connections wait in a listener's accept queue, more servers are made on more
     duplicates of it (`surge`): each accepts one connection per loop turn.
     """
 
@@ -87,7 +72,6 @@ class Acceptor:
         self._loop = loop
         self._factory = factory
         self._sockets = sockets
-        self._tcp_sockets = [sock for sock in sockets if sock.family != socket.AF_UNIX]
         self._backlog = backlog
         # With TLS configured the tls:// listeners speak it, or every TCP listener when no
         # bind says tls://; unix sockets stay plain (a local proxy in front, docs/tls.md). Their
@@ -101,9 +85,8 @@ class Acceptor:
         self.accepting = False
         self.closed = False
         # The extra servers while connections wait (watch_queue), and when one last waited.
-        self.surge: list[asyncio.AbstractServer] = []
-        self._surge_starting: asyncio.Task[None] | None = None
-        self._waited_at = 0.0
+        # Per listener, the extra servers while connections wait (watch_queue).
+        self._surges = [_Surge(sock) for sock in sockets]
 
     async def start(self) -> None:
         self.accepting = True
@@ -131,7 +114,8 @@ class Acceptor:
         if not self.accepting:
             return
         self.accepting = False
-        self._end_surge()
+        for surge in self._surges:
+            surge.end()
         for server in self.servers:
             server.close()
         self.servers = []
@@ -154,33 +138,51 @@ class Acceptor:
     # -- a long accept queue -----------------------------------------------------------------
 
     def watch_queue(self, now: float) -> None:
-        """Called a few times a second: open the extra servers when connections wait in an
-        accept queue, close them once none has waited for SURGE_QUIET_S."""
-        if not self.accepting or not self._tcp_sockets:
+        """Called a few times a second: open a listener's extra servers when connections wait
+        in its accept queue, close them once none has waited for SURGE_QUIET_S."""
+        if not self.accepting:
             return
-        waiting = max(accept_queue(sock) for sock in self._tcp_sockets)
-        if waiting:
-            self._waited_at = now
-        if waiting >= SURGE_QUEUE:
-            if not self.surge and (self._surge_starting is None or self._surge_starting.done()):
-                self._surge_starting = self._loop.create_task(self._start_surge())
-        elif self.surge and now - self._waited_at >= SURGE_QUIET_S:
-            self._end_surge()
+        for surge in self._surges:
+            waiting = accept_queue(surge.sock)
+            if waiting:
+                surge.waited_at = now
+            if waiting >= SURGE_QUEUE:
+                if not surge.servers and not surge.starting:
+                    surge.task = self._loop.create_task(self._start_surge(surge))
+            elif surge.servers and now - surge.waited_at >= SURGE_QUIET_S:
+                surge.end()
 
-    async def _start_surge(self) -> None:
-        extra = [
-            await self._serve(sock) for sock in self._tcp_sockets for _ in range(SURGE_HANDLES - 1)
-        ]
+    async def _start_surge(self, surge: _Surge) -> None:
+        extra = [await self._serve(surge.sock) for _ in range(SURGE_HANDLES - 1)]
         if self.closed or not self.accepting:
             for server in extra:  # paused or closed meanwhile
                 server.close()
             return
-        self.surge = extra
+        surge.servers = extra
 
-    def _end_surge(self) -> None:
-        for server in self.surge:
+    @property
+    def surge(self) -> list[asyncio.AbstractServer]:
+        """The extra servers open now, of every listener."""
+        return [server for surge in self._surges for server in surge.servers]
+
+
+class _Surge:
+    """One listener's extra servers, opened while connections wait in its accept queue."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.servers: list[asyncio.AbstractServer] = []
+        self.task: asyncio.Task[None] | None = None
+        self.waited_at = 0.0  # when a connection was last seen waiting (time.monotonic())
+
+    @property
+    def starting(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def end(self) -> None:
+        for server in self.servers:
             server.close()
-        self.surge = []
+        self.servers = []
 
 
 class WorkerShared:
