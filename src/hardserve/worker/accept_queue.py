@@ -19,7 +19,6 @@ _TCP_INFO = getattr(socket, "TCP_INFO", None)
 _NETLINK_SOCK_DIAG = 4
 _SOCK_DIAG_BY_FAMILY = 20
 _NLM_F_REQUEST = 1
-_NLMSG_ERROR = 2
 _TCP_LISTEN_STATE = 10
 _UDIAG_SHOW_RQLEN = 0x10
 _UNIX_DIAG_RQLEN = 4
@@ -73,7 +72,7 @@ def _unix_queue(sock: socket.socket) -> int:
     if len(reply) < _NLMSGHDR.size:
         return 0
     length, kind, _, _, _ = _NLMSGHDR.unpack_from(reply)
-    if kind == _NLMSG_ERROR or kind != _SOCK_DIAG_BY_FAMILY:
+    if kind != _SOCK_DIAG_BY_FAMILY:  # NLMSG_ERROR: no such socket, or not allowed
         return 0
     offset = _NLMSGHDR.size + _UNIX_DIAG_MSG_SIZE
     end = min(length, len(reply))

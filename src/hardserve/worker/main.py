@@ -35,7 +35,7 @@ _log = logging.getLogger("hardserve.error")
 # How often a worker sends its stats to the master (with a heartbeat).
 _SNAPSHOT_INTERVAL_S = 1.0
 # How often a worker looks at its listeners' accept queues (Acceptor.watch_queue): a system
-# call per TCP listener, and a load that starts waits at most this long for the extra servers.
+# call or two per listener, and a load that starts waits at most this long for the extra servers.
 _ACCEPT_QUEUE_CHECK_S = 0.1
 
 

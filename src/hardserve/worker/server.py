@@ -84,7 +84,6 @@ class Acceptor:
         self._starting: asyncio.Task[None] | None = None
         self.accepting = False
         self.closed = False
-        # The extra servers while connections wait (watch_queue), and when one last waited.
         # Per listener, the extra servers while connections wait (watch_queue).
         self._surges = [_Surge(sock) for sock in sockets]
 
