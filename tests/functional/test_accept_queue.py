@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -171,6 +173,56 @@ def test_only_the_listener_with_connections_waiting_gets_extra_servers() -> None
             await busy_surge.task
             assert len(acceptor.surge) == SURGE_HANDLES - 1
             assert all(server.sockets[0].family == socket.AF_INET for server in acceptor.surge)
+            acceptor.close()
+
+    uvloop.run(main())
+
+
+def test_a_stop_while_the_extra_servers_are_being_made_leaves_none(family: str) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with listener(family) as sock, clients(sock, SURGE_QUEUE):
+            acceptor = Acceptor(loop, asyncio.Protocol, [sock.dup()], 128)
+            acceptor.accepting = True  # as started, without a server taking the connections
+            acceptor.watch_queue(loop.time())
+            task = acceptor._surges[0].task
+            assert task is not None
+            acceptor.close()  # the graceful stop comes before the task has run
+            await task  # neither raises nor leaves a server open
+            assert acceptor.surge == []
+
+    uvloop.run(main())
+
+
+def test_out_of_descriptors_the_listener_goes_on_and_the_surge_waits_to_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with listener("tcp") as sock, clients(sock, SURGE_QUEUE):
+            acceptor = Acceptor(loop, asyncio.Protocol, [sock.dup()], 128)
+            acceptor.accepting = True  # as started, without a server taking the connections
+            surge = acceptor._surges[0]
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            # Room for two more descriptors: the third duplicate of the listener fails (EMFILE).
+            resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 1, hard))
+            try:
+                acceptor.watch_queue(100.0)
+                first = surge.task
+                assert first is not None
+                await first
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            assert 0 < len(acceptor.surge) < SURGE_HANDLES - 1  # what could be opened serves
+            assert "could not open another server on a listener" in caplog.text
+            surge.end()  # as if the queue had gone quiet
+            with clients(sock, SURGE_QUEUE):  # and connections waited again
+                acceptor.watch_queue(100.0 + SURGE_QUIET_S / 2)
+                assert surge.task is first  # no new attempt yet
+                acceptor.watch_queue(100.0 + SURGE_QUIET_S)
+                assert surge.task is not first  # tries again
+                await surge.task
+                assert len(acceptor.surge) == SURGE_HANDLES - 1
             acceptor.close()
 
     uvloop.run(main())

@@ -146,13 +146,21 @@ class Acceptor:
             if waiting:
                 surge.waited_at = now
             if waiting >= SURGE_QUEUE:
-                if not surge.servers and not surge.starting:
-                    surge.task = self._loop.create_task(self._start_surge(surge))
+                if not surge.servers and not surge.starting and now >= surge.retry_at:
+                    surge.task = self._loop.create_task(self._start_surge(surge, now))
             elif surge.servers and now - surge.waited_at >= SURGE_QUIET_S:
                 surge.end()
 
-    async def _start_surge(self, surge: _Surge) -> None:
-        extra = [await self._serve(surge.sock) for _ in range(SURGE_HANDLES - 1)]
+    async def _start_surge(self, surge: _Surge, now: float) -> None:
+        extra: list[asyncio.AbstractServer] = []
+        try:
+            for _ in range(SURGE_HANDLES - 1):
+                if self.closed or not self.accepting:
+                    break  # paused or stopped before this task ran: the socket may be closed
+                extra.append(await self._serve(surge.sock))
+        except OSError as exc:  # out of descriptors, for one: the listener goes on as it was
+            _error_log.warning("could not open another server on a listener: %s", exc)
+            surge.retry_at = now + SURGE_QUIET_S  # not ten warnings a second while it lasts
         if self.closed or not self.accepting:
             for server in extra:  # paused or closed meanwhile
                 server.close()
@@ -173,6 +181,7 @@ class _Surge:
         self.servers: list[asyncio.AbstractServer] = []
         self.task: asyncio.Task[None] | None = None
         self.waited_at = 0.0  # when a connection was last seen waiting (time.monotonic())
+        self.retry_at = 0.0  # after a failure to open them, not before this
 
     @property
     def starting(self) -> bool:
