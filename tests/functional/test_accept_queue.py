@@ -105,6 +105,7 @@ def test_a_long_queue_opens_servers_that_accept_several_connections_a_turn(famil
         with listener(family) as sock, clients(sock, WAITING):
             accepted, acceptor = await _accept_all(sock, watch=True)
             assert len(acceptor.surge) == SURGE_HANDLES - 1
+            assert acceptor.serving == SURGE_HANDLES  # the accept_servers gauge
             # One connection per server per turn: the queue empties in a few turns, not one
             # turn per connection.
             turns_taken = accepted[-1] - accepted[0] + 1
@@ -125,6 +126,7 @@ def test_the_extra_servers_close_once_no_connection_has_waited_for_a_while(famil
             acceptor.watch_queue(waited_at + SURGE_QUIET_S)
             assert acceptor.surge == []
             assert len(acceptor.servers) == 1  # the first server goes on accepting
+            assert acceptor.serving == 1
             acceptor.close()
 
     uvloop.run(main())

@@ -411,6 +411,7 @@ def test_gauges_show_the_pool_and_the_queue_and_queue_wait_is_the_time_queued() 
         "pool_threads": 1,
         "pool_busy": 1,
         "pool_queued": 1,
+        "accept_servers": 1,  # one listener, nothing waiting in its queue
     }
     final = channel.final()
     waits = final.histograms["queue_wait"][""]

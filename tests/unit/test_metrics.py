@@ -31,6 +31,7 @@ GAUGES = {
     "pool_threads": 8.0,
     "pool_busy": 1.0,
     "pool_queued": 1.0,
+    "accept_servers": 8.0,
 }
 
 
@@ -110,6 +111,7 @@ def test_counters_and_histograms_sum_the_workers_exactly() -> None:
     assert got[("hardserve_connections_open", ())] == 6
     assert got[("hardserve_pool_threads_busy", (("worker", "0"),))] == 1
     assert got[("hardserve_pool_queued", (("worker", "1"),))] == 1
+    assert got[("hardserve_accept_servers", (("worker", "1"),))] == 8
     assert got[("hardserve_worker_pid", (("worker", "1"),))] == 12
     assert got[("hardserve_workers", (("state", "live"),))] == 2
     assert got[("hardserve_ready", ())] == 1

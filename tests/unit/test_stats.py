@@ -207,6 +207,7 @@ def test_a_snapshot_carries_exactly_the_gauges_the_master_expects() -> None:
         "pool_threads": 3,
         "pool_busy": 0,
         "pool_queued": 0,
+        "accept_servers": 0,  # no acceptor yet
     }
 
 

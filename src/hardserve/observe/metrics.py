@@ -239,6 +239,12 @@ def _worker_gauges(facts: MasterFacts) -> Iterator[Metric]:
         ("pool_threads", "pool_threads", "Threads in the worker's pool (--threads)."),
         ("pool_busy", "pool_threads_busy", "Pool threads running a request."),
         ("pool_queued", "pool_queued", "Requests waiting for a pool thread."),
+        (
+            "accept_servers",
+            "accept_servers",
+            "Servers accepting connections on the listeners: one per listener, 8 while "
+            "connections wait in its accept queue.",
+        ),
     )
     for source, name, doc in per_worker:
         family = GaugeMetricFamily(PREFIX + name, doc, labels=["worker"])

@@ -119,6 +119,7 @@ GAUGES = (
     "pool_threads",  # the pool's size (--threads)
     "pool_busy",  # pool threads running a request
     "pool_queued",  # requests waiting for a pool thread
+    "accept_servers",  # servers accepting on the listeners, more while connections wait
 )
 
 MESSAGE_TAG = b"T"  # heartbeat-channel message: a snapshot follows (worker/heartbeat.py)

@@ -168,6 +168,11 @@ class Acceptor:
         surge.servers = extra
 
     @property
+    def serving(self) -> int:
+        """Servers accepting now: one per listener, more while connections wait in a queue."""
+        return len(self.servers) + sum(len(surge.servers) for surge in self._surges)
+
+    @property
     def surge(self) -> list[asyncio.AbstractServer]:
         """The extra servers open now, of every listener."""
         return [server for surge in self._surges for server in surge.servers]
@@ -260,6 +265,7 @@ class WorkerShared:
             "pool_threads": pool.size,
             "pool_busy": pool.busy,
             "pool_queued": pool.queued,
+            "accept_servers": self.acceptor.serving if self.acceptor is not None else 0,
         }
 
     def refused(
