@@ -60,6 +60,13 @@ def clients(server: socket.socket, count: int) -> Iterator[list[socket.socket]]:
             sock.close()
 
 
+def unserved_acceptor(loop: asyncio.AbstractEventLoop, *socks: socket.socket) -> Acceptor:
+    """An Acceptor as started, but with no server taking the connections: they stay queued."""
+    acceptor = Acceptor(loop, asyncio.Protocol, [sock.dup() for sock in socks], 128)
+    acceptor.accepting = True
+    return acceptor
+
+
 class Counted(asyncio.Protocol):
     def __init__(self, accepted: list[int], turns: list[int]) -> None:
         self._accepted = accepted
@@ -137,8 +144,7 @@ def test_a_short_queue_opens_no_extra_server(family: str, waiting: int) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         with listener(family) as sock, clients(sock, waiting):
-            acceptor = Acceptor(loop, asyncio.Protocol, [sock.dup()], 128)
-            acceptor.accepting = True  # as started, without a server taking the connections
+            acceptor = unserved_acceptor(loop, sock)
             acceptor.watch_queue(loop.time())
             assert acceptor._surges[0].task is None
             acceptor.close()
@@ -167,8 +173,7 @@ def test_only_the_listener_with_connections_waiting_gets_extra_servers() -> None
     async def main() -> None:
         loop = asyncio.get_running_loop()
         with listener("tcp") as busy, listener("unix") as quiet, clients(busy, SURGE_QUEUE):
-            acceptor = Acceptor(loop, asyncio.Protocol, [busy.dup(), quiet.dup()], 128)
-            acceptor.accepting = True  # as started, without a server taking the connections
+            acceptor = unserved_acceptor(loop, busy, quiet)
             acceptor.watch_queue(loop.time())
             busy_surge, quiet_surge = acceptor._surges
             assert busy_surge.task is not None and quiet_surge.task is None
@@ -184,8 +189,7 @@ def test_a_stop_while_the_extra_servers_are_being_made_leaves_none(family: str) 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         with listener(family) as sock, clients(sock, SURGE_QUEUE):
-            acceptor = Acceptor(loop, asyncio.Protocol, [sock.dup()], 128)
-            acceptor.accepting = True  # as started, without a server taking the connections
+            acceptor = unserved_acceptor(loop, sock)
             acceptor.watch_queue(loop.time())
             task = acceptor._surges[0].task
             assert task is not None
@@ -202,8 +206,7 @@ def test_out_of_descriptors_the_listener_goes_on_and_the_surge_waits_to_retry(
     async def main() -> None:
         loop = asyncio.get_running_loop()
         with listener("tcp") as sock, clients(sock, SURGE_QUEUE):
-            acceptor = Acceptor(loop, asyncio.Protocol, [sock.dup()], 128)
-            acceptor.accepting = True  # as started, without a server taking the connections
+            acceptor = unserved_acceptor(loop, sock)
             surge = acceptor._surges[0]
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             # Room for two more descriptors: the third duplicate of the listener fails (EMFILE).
