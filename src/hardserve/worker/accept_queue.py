@@ -67,6 +67,9 @@ def _unix_queue(sock: socket.socket) -> int:
         _NLMSGHDR.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0
     )
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG) as netlink:
+        # Never blocking: this runs on the event loop. The kernel answers inside sendto, so the
+        # reply is there at once; were it not, the queue reads 0 (BlockingIOError is an OSError).
+        netlink.setblocking(False)
         netlink.sendto(header + request, (0, 0))
         reply = netlink.recv(8192)
     if len(reply) < _NLMSGHDR.size:
