@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hardserve import tls
@@ -148,7 +149,9 @@ class Worker:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
         date_timer = self._tick_date(loop, shared)
         overdue_timer = self._watch_overdue(loop, shared)
-        queue_timer = self._watch_accept_queue(loop, acceptor)
+        queue_timer = _every(
+            loop, _ACCEPT_QUEUE_CHECK_S, lambda: acceptor.watch_queue(time.monotonic())
+        )
         beat_timer = self._beat(loop, shared)
         self.ready.set()
         if self.heartbeat is not None:
@@ -235,7 +238,6 @@ class Worker:
         after max_requests. Runs on the loop: a blocked loop stops beating, which is the point."""
         timeout = self.config.timeout_s
         interval = min(1.0, timeout / 4) if timeout > 0 else 1.0
-        handle: list[asyncio.TimerHandle] = []
         heartbeat = self.heartbeat
         reported_stuck = False
         # With beats closer than a second, a snapshot goes with the first beat a second after
@@ -267,10 +269,8 @@ class Worker:
                 self.max_requests = 0
                 assert self._stop is not None
                 self._stop.set()
-            handle[:] = [loop.call_later(interval, beat)]
 
-        handle.append(loop.call_later(interval, beat))
-        return handle
+        return _every(loop, interval, beat)
 
     def _watch_overdue(
         self, loop: asyncio.AbstractEventLoop, shared: WorkerShared
@@ -279,7 +279,6 @@ class Worker:
         # to a quarter of the timeout late, which is what an operator or a client can tell apart.
         limits = shared.config.limits
         interval = min(1.0, max(min(limits.request_timeout_s, limits.queue_timeout_s) / 4, 0.01))
-        handle: list[asyncio.TimerHandle] = []
         pool = shared.pool
 
         def check() -> None:
@@ -287,22 +286,8 @@ class Worker:
             shared.report_overdue_requests(now)
             if pool.in_flight > pool.size:  # some calls wait for a thread
                 shared.shed_stale_queued_requests(now)
-            handle[:] = [loop.call_later(interval, check)]
 
-        handle.append(loop.call_later(interval, check))
-        return handle
-
-    def _watch_accept_queue(
-        self, loop: asyncio.AbstractEventLoop, acceptor: Acceptor
-    ) -> list[asyncio.TimerHandle]:
-        handle: list[asyncio.TimerHandle] = []
-
-        def check() -> None:
-            acceptor.watch_queue(time.monotonic())
-            handle[:] = [loop.call_later(_ACCEPT_QUEUE_CHECK_S, check)]
-
-        handle.append(loop.call_later(_ACCEPT_QUEUE_CHECK_S, check))
-        return handle
+        return _every(loop, interval, check)
 
     def _tick_date(
         self, loop: asyncio.AbstractEventLoop, shared: WorkerShared
@@ -314,6 +299,21 @@ class Worker:
 
         tick()
         return handle
+
+
+def _every(
+    loop: asyncio.AbstractEventLoop, interval_s: float, step: Callable[[], None]
+) -> list[asyncio.TimerHandle]:
+    """Run `step` on the loop every `interval_s`, each time after the last run ended. The list
+    holds the pending handle, so the caller can cancel it (`[0].cancel()`)."""
+    handle: list[asyncio.TimerHandle] = []
+
+    def run() -> None:
+        step()
+        handle[:] = [loop.call_later(interval_s, run)]
+
+    handle.append(loop.call_later(interval_s, run))
+    return handle
 
 
 def run_worker(
