@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +86,17 @@ def get(port: int, path: str = "/", timeout_s: float = TIMEOUT_S) -> tuple[int, 
         return response.status, int(response.getheader("X-Worker-Pid") or 0)
     finally:
         connection.close()
+
+
+def holders(path: Path, pids: set[int]) -> set[int]:
+    """The processes of `pids` with a descriptor open on `path`."""
+    found = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == str(path):
+                    found.add(pid)
+    return found
 
 
 def log_text(server: ServerProcess) -> str:
@@ -483,18 +495,67 @@ def test_usr1_reopens_the_access_log(tmp_path: Path) -> None:
     access = tmp_path / "access.log"
     rotated = tmp_path / "access.log.1"
     with serve_process(APP, "--workers", "2", "--access-log", str(access)) as server:
-        workers(server, 2)
+        pids = workers(server, 2)
         for _ in range(4):
             assert get(server.port, "/before")[0] == 200
         wait_for("4 lines", lambda: access.read_text().count("/before") == 4)
         access.rename(rotated)
+        assert holders(rotated, pids) == pids
         server.process.send_signal(signal.SIGUSR1)
+        # The first process to reopen creates the new file; each worker is done only when no
+        # descriptor of its own still points at the rotated one.
         wait_for("the new file", access.exists)
+        wait_for("every worker reopened", lambda: not holders(rotated, pids))
         for _ in range(6):
             assert get(server.port, "/after")[0] == 200
         wait_for("6 lines", lambda: access.read_text().count("/after") == 6)
         assert "/after" not in rotated.read_text()
         assert rotated.read_text().count("/before") == 4
+        assert stop(server) == 0
+
+
+def signal_pending(pid: int, signum: int) -> bool:
+    """Whether `signum` waits to be delivered to `pid` (False once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    bit = 1 << (signum - 1)
+    return any(
+        int(line.split()[1], 16) & bit
+        for line in status.splitlines()
+        if line.startswith(("SigPnd:", "ShdPnd:"))
+    )
+
+
+def test_usr1_while_a_worker_loads_its_app_is_done_once_it_serves(tmp_path: Path) -> None:
+    # By default USR1 ends a process: a worker that is still importing its app must neither die
+    # of it nor lose it. The rotation is done once the worker serves.
+    access = tmp_path / "access.log"
+    rotated = tmp_path / "access.log.1"
+    loading = tmp_path / "loading"
+    signalled: list[int] = []
+
+    def rotate_while_loading() -> None:
+        wait_for("the worker to load", loading.exists)
+        pid = wait_for("its pid", lambda: int(loading.read_text() or 0))
+        access.rename(rotated)
+        os.kill(pid, signal.SIGUSR1)
+        wait_for("the signal taken", lambda: not signal_pending(pid, signal.SIGUSR1))
+        signalled.append(pid)
+        (tmp_path / "loaded").touch()
+
+    rotator = threading.Thread(target=rotate_while_loading, daemon=True)
+    rotator.start()
+    app = f"tests.apps_cli.gate:make_app_slowly({str(tmp_path)!r})"
+    with serve_process(app, "--workers", "1", "--access-log", str(access)) as server:
+        rotator.join(TIMEOUT_S)
+        assert signalled, "the worker was never signalled"
+        assert workers(server, 1) == set(signalled)
+        for _ in range(3):
+            assert get(server.port, "/after") == (200, signalled[0])
+        wait_for("3 lines", lambda: access.exists() and access.read_text().count("/after") == 3)
+        assert "/after" not in rotated.read_text()
         assert stop(server) == 0
 
 

@@ -27,6 +27,7 @@ from hardserve import tls
 from hardserve.master import policy
 from hardserve.master.listeners import describe
 from hardserve.observe.admin import AdminServer, Endpoints
+from hardserve.observe.logs import remember_reopen, reopen_files
 from hardserve.observe.stats import MESSAGE_TAG, Aggregate, Snapshot
 from hardserve.worker.heartbeat import BEAT, READY, RETIRING, STUCK, TLS_RELOAD, channel, tell
 
@@ -272,8 +273,6 @@ class Arbiter:
             elif isinstance(action, policy.ReloadConfig):
                 self._reload()
             elif isinstance(action, policy.ReopenLogs):
-                from hardserve.observe.logs import reopen_files
-
                 reopen_files()
             elif isinstance(action, policy.Exit):
                 return action.code
@@ -309,6 +308,11 @@ class Arbiter:
         code = 1
         try:
             self._restore_signals()
+            # Until the worker's loop takes them over (after the app has loaded, which can take
+            # long): a USR1 is remembered and done then, and a HUP (the master's) ignored. By
+            # default either would kill the worker.
+            signal.signal(signal.SIGUSR1, remember_reopen)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for fd in self._pipes:
                 with contextlib.suppress(OSError):

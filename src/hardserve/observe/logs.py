@@ -554,6 +554,25 @@ def _file_handlers() -> list[logging.FileHandler]:
     return list(seen.values())
 
 
+# A USR1 that comes while a worker still loads its app, before its loop takes the signal over,
+# must neither kill it (the default action) nor be lost: the early handler only remembers it.
+_reopen_asked = False
+
+
+def remember_reopen(signum: int, frame: object) -> None:
+    """The worker's USR1 handler until its loop has one: reopen_if_asked() does the work."""
+    global _reopen_asked
+    _reopen_asked = True
+
+
+def reopen_if_asked() -> None:
+    """Reopen the log files if a USR1 came before the loop's handler was in place."""
+    global _reopen_asked
+    if _reopen_asked:
+        _reopen_asked = False
+        reopen_files()
+
+
 def reopen_files() -> None:
     """USR1: reopen every log file (after logrotate moved it): the error, access and security
     logs' files and any file handler of a --log-config. Streams are left alone. A file that

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hardserve import tls
-from hardserve.observe.logs import reopen_files
+from hardserve.observe.logs import reopen_files, reopen_if_asked
 from hardserve.observe.stats import WorkerStats
 from hardserve.worker.call import WsgiApp
 from hardserve.worker.heartbeat import BEAT, READY, RETIRING, STUCK, TLS_RELOAD, Heartbeat
@@ -147,6 +147,7 @@ class Worker:
                 loop.add_signal_handler(signum, self._stop_fast)
             loop.add_signal_handler(signal.SIGUSR1, reopen_files)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            reopen_if_asked()  # a USR1 that came while the app loaded
         date_timer = self._tick_date(loop, shared)
         overdue_timer = self._watch_overdue(loop, shared)
         queue_timer = _every(
