@@ -145,3 +145,42 @@ def test_stop_runs_the_jobs_submitted_before_it(loop: asyncio.AbstractEventLoop)
     run_on_loop(loop, start)
     assert sorted(ran) == list(range(10))
     assert not any(thread.is_alive() for thread in pool._threads)
+
+
+def test_batch_end_runs_after_every_hand_off_of_its_batch(
+    loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One job hands three results back in one batch; the first registers a batch-end function
+    that raises and another that records: both run once, after all three results, and the
+    raise is logged without stopping the others."""
+    pool = Pool(1, 10)
+    pool.start(loop)
+    seen: list[str] = []
+
+    def start(done: asyncio.Future[None]) -> None:
+        def arrived(index: int) -> None:
+            seen.append(f"result {index}")
+            if index == 0:
+                pool.at_batch_end(fails)
+                pool.at_batch_end(lambda: seen.append("batch end"))
+
+        def fails() -> None:
+            raise RuntimeError("batch end failed")
+
+        def finished() -> None:
+            pool.job_done()
+            loop.call_soon(done.set_result, None)
+
+        def job() -> None:
+            for index in range(3):
+                pool.call_in_loop(arrived, index)
+            pool.call_in_loop(finished)
+
+        assert pool.submit(job)
+
+    try:
+        run_on_loop(loop, start)
+    finally:
+        pool.stop(TIMEOUT_S)
+    assert seen == ["result 0", "result 1", "result 2", "batch end"]
+    assert "error at the end of a hand-off batch" in caplog.text

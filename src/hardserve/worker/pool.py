@@ -52,6 +52,8 @@ class Pool:
         self._to_loop: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self._wake_lock = threading.Lock()
         self._wake_pending = False
+        # Loop side: run once the current hand-off batch is done (at_batch_end).
+        self._batch_end: list[Callable[[], None]] = []
         # One byte per thread, 1 while it runs a job: each thread writes only its own byte (an
         # atomic store, no lock), and the loop counts them when it reports.
         self._busy = bytearray(threads)
@@ -123,16 +125,27 @@ class Pool:
         for thread in self._threads:
             thread.join(timeout)
 
+    def at_batch_end(self, function: Callable[[], None]) -> None:
+        """On the loop, from a hand-off: run `function` once every hand-off that has reached
+        the loop so far has run (a connection writes the pieces of one batch together)."""
+        self._batch_end.append(function)
+
     def _drain_to_loop(self) -> None:
         with self._wake_lock:
             self._wake_pending = False
         pending = self._to_loop
+        batch_end = self._batch_end
         while pending:
             function, args = pending.popleft()
             try:
                 function(*args)
             except Exception:
                 _log.exception("error in a hand-off from a pool thread")
+        while batch_end:
+            try:
+                batch_end.pop()()
+            except Exception:
+                _log.exception("error at the end of a hand-off batch")
 
     # -- thread side -------------------------------------------------------------------------
 
