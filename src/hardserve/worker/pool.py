@@ -6,7 +6,8 @@ and free, and another each time a thread starts a job while more wait and none i
 an app that blocks does not hold the rest back). Threads hand work back to the loop by
 appending to a deque; the first append after the loop has emptied it schedules a single
 wake-up, so a burst of results costs one call_soon_threadsafe instead of one each. Measured
-against loop.run_in_executor in bench/RESULTS.md.
+against loop.run_in_executor in bench/RESULTS.md. What a hand-off registers with at_batch_end
+runs once the whole burst has: a connection writes the response pieces of one burst together.
 
 Why not one queue.SimpleQueue put per job: each put woke a thread at once, in the middle of
 the loop's turn. The woken thread preempted the loop at its next release of the GIL (uvloop
