@@ -451,6 +451,7 @@ _LIMIT_MINIMUMS: dict[str, int] = {
 }
 _LIMIT_MAXIMUMS: dict[str, int] = {
     "write_buffer_bytes": _C_INT_MAX,  # uvloop's set_write_buffer_limits takes a C int
+    "socket_unsent_max_bytes": _C_INT_MAX,  # setsockopt takes a C int
 }
 
 

@@ -501,7 +501,19 @@ async def start_servers(
         def tls_factory(context: tls.Context) -> TlsHandshake:
             return TlsHandshake(shared, context, timeout_s, factory)
 
+    bound_unsent_bytes(sockets, config.limits.socket_unsent_max_bytes)
     acceptor = Acceptor(loop, factory, sockets, config.listen_backlog, tls_factory, context)
     shared.acceptor = acceptor
     await acceptor.start()
     return acceptor
+
+
+def bound_unsent_bytes(sockets: list[socket.socket], limit: int) -> None:
+    """TCP_NOTSENT_LOWAT on each TCP listener (accepted connections inherit it): how much a
+    connection's kernel send buffer may hold that the client has not been sent yet. 0: the
+    kernel's own setting."""
+    if not limit:
+        return
+    for sock in sockets:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, limit)
