@@ -15,7 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hardserve.http.limits import Limits
+from hardserve.worker.server import bound_unsent_bytes
 from tests.helpers import TIMEOUT_S, serve, wait_for
 
 LIMIT = 65536
@@ -89,3 +92,18 @@ def test_at_0_the_kernel_keeps_its_own_send_buffer() -> None:
             "the send queue to pass the limit",
             lambda: tx_queue(server.port, client_port) > 4 * (LIMIT + SLACK),
         )
+
+
+def test_a_socket_that_refuses_the_option_is_served_on_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A UDP socket refuses TCP options as a kernel without TCP_NOTSENT_LOWAT would (ENOPROTOOPT).
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as refusing,
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+    ):
+        refusing.bind(("127.0.0.1", 0))
+        tcp.bind(("127.0.0.1", 0))
+        bound_unsent_bytes([refusing, tcp], LIMIT)
+        assert tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == LIMIT
+    assert "socket_unsent_max_bytes not applied to ('127.0.0.1'" in caplog.text

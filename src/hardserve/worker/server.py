@@ -515,5 +515,13 @@ def bound_unsent_bytes(sockets: list[socket.socket], limit: int) -> None:
     if not limit:
         return
     for sock in sockets:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, limit)
+        except OSError as exc:
+            # A kernel without the option (before Linux 3.12, some sandboxes) serves on as
+            # before: the bound is hardening, not something to refuse to start over.
+            _error_log.warning(
+                "socket_unsent_max_bytes not applied to %s: %s", sock.getsockname(), exc
+            )
