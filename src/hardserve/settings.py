@@ -1020,6 +1020,8 @@ OFF_AT_ZERO: dict[str, str] = {
     "client_in_flight_max": "one client address may take every pool thread",
     "max_requests": "workers are never recycled",
     "tls_handshake_timeout_s": "a TLS handshake may take the event loop's own 60 s",
+    "socket_unsent_max_bytes": "the kernel may hold up to net.ipv4.tcp_wmem's maximum (4 MiB "
+    "by default) unsent for each client that stops reading",
 }
 # A limit raised past this many times its default is as good as off.
 VERY_HIGH_FACTOR = 100

@@ -573,6 +573,7 @@ def test_a_trusted_proxy_answers_the_public_bind_warning() -> None:
         ({"timeout_s": 0.0}, ("warning", "limit-off")),
         ({"body_min_rate_bytes_s": 0}, ("warning", "limit-off")),
         ({"send_min_rate_bytes_s": 0}, ("warning", "limit-off")),
+        ({"socket_unsent_max_bytes": 0}, ("warning", "limit-off")),
         ({"body_max_bytes": 100 * 1024 * 1024 * 101}, ("warning", "limit-very-high")),
         ({"keepalive_timeout_s": 501.0}, ("warning", "limit-very-high")),
         ({"timeout_s": 3001.0}, ("warning", "limit-very-high")),
