@@ -107,3 +107,13 @@ def test_a_socket_that_refuses_the_option_is_served_on_with_a_warning(
         bound_unsent_bytes([refusing, tcp], LIMIT)
         assert tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == LIMIT
     assert "socket_unsent_max_bytes not applied to ('127.0.0.1'" in caplog.text
+
+
+def test_0_gives_a_listener_the_kernels_setting_back() -> None:
+    # After a reload that turns the limit off, the new workers serve the same listening socket.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        bound_unsent_bytes([listener], LIMIT)
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == LIMIT
+        bound_unsent_bytes([listener], 0)
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == 0

@@ -510,10 +510,9 @@ async def start_servers(
 
 def bound_unsent_bytes(sockets: list[socket.socket], limit: int) -> None:
     """TCP_NOTSENT_LOWAT on each TCP listener (accepted connections inherit it): how much a
-    connection's kernel send buffer may hold that the client has not been sent yet. 0: the
-    kernel's own setting."""
-    if not limit:
-        return
+    connection's kernel send buffer may hold that the client has not been sent yet. 0 is set
+    too: it gives the kernel's own setting back (net.ipv4.tcp_notsent_lowat) to a listener an
+    earlier generation of workers bound, after a reload that turned the limit off."""
     for sock in sockets:
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             continue
@@ -522,6 +521,7 @@ def bound_unsent_bytes(sockets: list[socket.socket], limit: int) -> None:
         except OSError as exc:
             # A kernel without the option (before Linux 3.12, some sandboxes) serves on as
             # before: the bound is hardening, not something to refuse to start over.
-            _error_log.warning(
-                "socket_unsent_max_bytes not applied to %s: %s", sock.getsockname(), exc
-            )
+            if limit:
+                _error_log.warning(
+                    "socket_unsent_max_bytes not applied to %s: %s", sock.getsockname(), exc
+                )
