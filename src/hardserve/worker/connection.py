@@ -947,24 +947,22 @@ class HttpConnection(asyncio.Protocol):
         if transport is None or self._closing or head is None:
             return
         self._response_started = True
+        size = output_size(data)
+        self._written += size
+        self._stats.bytes_sent += size
         outbox = self._outbox
-        if isinstance(data, bytes):
-            if data:
-                self._written += len(data)
-                self._stats.bytes_sent += len(data)
-                if outbox is None:
-                    transport.write(data)
-                else:
-                    outbox.append(data)
-        else:
-            size = output_size(data)
-            self._written += size
-            self._stats.bytes_sent += size
-            if outbox is None:
-                transport.writelines(data)
+        if outbox is not None:
+            # Pieces of this response from the same batch are waiting: its end goes with them.
+            if isinstance(data, bytes):
+                outbox.append(data)
             else:
                 outbox.extend(data)
-        self._flush_outbox()  # the last pieces of a stream and its end in one writev
+            self._flush_outbox()
+        elif isinstance(data, bytes):
+            if data:
+                transport.write(data)
+        else:
+            transport.writelines(data)
         self._shared.request_finished(
             self, head, self._framer, outcome, time.monotonic() - self._started_at, self._call
         )
