@@ -106,6 +106,7 @@ def test_kill_9_under_load_fails_only_that_workers_requests(tmp_path: Path) -> N
         )
         load.wait_served(300)
         records = load.stop()
+        unanswered = load.check_unanswered()
         assert server.process.poll() is None, "the master died"
         assert re.search(rf"worker {victim} died unexpectedly", "".join(server.stderr_lines))
     errors = [r for r in records if r["outcome"] != "ok"]
@@ -119,11 +120,16 @@ def test_kill_9_under_load_fails_only_that_workers_requests(tmp_path: Path) -> N
         f"{'never' if first_new is None else f'{first_new - killed:.3f} s'}"
     )
     # Only the victim's in-flight requests fail: every error is on a connection the victim
-    # served (or a new connection it had just accepted, pid unknown), started before it was
-    # dead, and there is at most one per load thread (one request in flight per connection).
+    # served (or a new connection it had just accepted, pid unknown), and there is at most one
+    # per load thread (one request in flight per connection). A failure (part of an answer, or
+    # none to a request the server read) started before the victim was dead. An unanswered
+    # request on a kept-alive connection may start after: its client had not yet seen the
+    # close (CI measured one 29 us after the test saw the zombie); the server never read it
+    # (check_unanswered) and the client sends it again on a new connection.
     for record in errors:
         assert record["pid"] in (victim, 0), record
-        assert record["start"] <= dead, record
+        if record not in unanswered or not record["reused"]:
+            assert record["start"] <= dead, record
     assert len(errors) <= THREADS
     assert first_new is not None and first_new - killed < 1.0
 
