@@ -255,7 +255,51 @@ def goals_table(summary: Summary, scenarios: Scenarios) -> list[str]:
     met = sum(ok is True for *_, ok in rows)
     measured = sum(ok is not None for *_, ok in rows)
     lines += ["", f"hardserve meets {met} of the {measured} goals measured in this run.", ""]
+    lines += _granian_caveats(summary)
     return lines
+
+
+# wrk's core share at or above which a load is taken to be set by the client, not the server.
+CLIENT_BOUND = 0.95
+
+
+def _granian_caveats(summary: Summary) -> list[str]:
+    """How far to trust the rows against granian: a load where wrk's own core was full
+    measures the client as much as the server, and rounds whose ranges overlap say the
+    medians' order could turn in the next run."""
+    bound: list[str] = []
+    overlapping: list[str] = []
+    for app in ("big", "stream"):
+        for mode in ("keep-alive", "close"):
+            case = summary.get((app, mode), {})
+            own, peer = case.get("hardserve"), case.get("granian")
+            if own is None or peer is None:
+                continue
+            name = f"{app} ({mode})"
+            busy = max(own["client_busy"], peer["client_busy"])
+            if busy >= CLIENT_BOUND:
+                bound.append(f"{name}, wrk's core at {busy:.0%}")
+            (own_low, own_high), (peer_low, peer_high) = own["rps_range"], peer["rps_range"]
+            if own_low <= peer_high and peer_low <= own_high:
+                overlapping.append(
+                    f"{name}: hardserve {_fmt(own_low)}-{_fmt(own_high)}, granian "
+                    f"{_fmt(peer_low)}-{_fmt(peer_high)} req/s"
+                )
+    lines = []
+    if bound:
+        lines.append(
+            "Client-bound against granian (the pace was wrk's as much as the server's): "
+            + "; ".join(bound)
+            + "."
+        )
+    if overlapping:
+        if lines:
+            lines.append("")
+        lines.append(
+            "Rounds that overlap between hardserve and granian (the medians' order can turn "
+            "from one run to the next): " + "; ".join(overlapping) + "."
+        )
+    return [*lines, ""] if lines else []
 
 
 # -- the scenario sections -------------------------------------------------------------------
