@@ -586,8 +586,13 @@ def admin_line(admin: str | None, token: bool) -> str:
 def run_worker_process(app_spec: str, config: Any, sockets: Any, heartbeat_fd: int) -> int:
     """In a worker process: import the app, then serve until told to stop."""
     from hardserve.loader import AppLoadError, load_app
+    from hardserve.worker.allocator import limit_malloc_arenas
     from hardserve.worker.main import run_worker
 
+    if config.malloc_arena_max:
+        # Before the app is imported and the pool's threads start: an arena is made for a
+        # thread the first time it allocates.
+        limit_malloc_arenas(config.malloc_arena_max)
     if config.gc_gen0_threshold:
         # Before the app is imported, so that an app setting its own thresholds keeps them.
         gc.set_threshold(config.gc_gen0_threshold, *gc.get_threshold()[1:])

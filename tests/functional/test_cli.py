@@ -38,6 +38,7 @@ EXIT_APP_LOAD = 4
 
 HELLO = "tests.apps_cli.hello:app"
 HELLO_BODY = b"hello from apps_cli\n"
+PROBE = "tests.apps_cli.probe:app"
 CONSOLE_SCRIPT = Path(sys.executable).with_name("hardserve")
 
 
@@ -422,6 +423,27 @@ def test_gc_gen0_threshold(app: str, args: tuple[str, ...], env: dict[str, str],
         reply = fetch(server)
     assert reply.status == 200
     assert json.loads(reply.body)["gc_threshold"] == wanted
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "most"),
+    [
+        ((), {}, 2),
+        (("--malloc-arena-max", "1"), {}, 1),
+        ((), {"HARDSERVE_MALLOC_ARENA_MAX": "1"}, 1),
+        # 0 keeps glibc's own limit, 8 per core: each of the probe's six threads gets one.
+        (("--malloc-arena-max", "0"), {}, None),
+    ],
+)
+def test_malloc_arena_max(args: tuple[str, ...], env: dict[str, str], most: int | None) -> None:
+    with serve_process(PROBE, *args, env=env, cwd=str(ROOT)) as server:
+        reply = fetch(server, "/?arenas")
+    assert reply.status == 200
+    arenas = json.loads(reply.body)["malloc_arenas"]
+    if most is None:
+        assert arenas > 6, arenas
+    else:
+        assert 1 <= arenas <= most, arenas
 
 
 @pytest.mark.parametrize(
