@@ -57,6 +57,8 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
 def preload(kind: str = "auto") -> None:
     """Import what a worker needs (the loop included) in the master, before it gives up root:
     the user it becomes may not be able to read the Python installation."""
+    from hardserve.worker import allocator  # noqa: F401  (ctypes, for the arena setting)
+
     if kind in ("auto", "uvloop"):
         try:
             import uvloop  # noqa: F401
