@@ -319,13 +319,15 @@ def test_a_stream_ahead_of_the_loop_gives_its_thread_to_the_next_request() -> No
     client reads: the one thread answers another request in the middle of the stream, and the
     stream then goes on. The transport never pauses here (its buffer limit is far above the
     response), so only a full queue can make the stream park."""
-    hello_served = threading.Event()
-    saw_hello: list[bool] = []
+    pools: list[Any] = []
+    yielded = [0]  # pieces the stream has handed over so far
+    hello_at: list[int] = []  # how far the stream was when the hello request ran
+    hello_queued: list[bool] = []
     pieces_before_wait = 8
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         if environ["PATH_INFO"] != "/big":
-            hello_served.set()
+            hello_at.append(yielded[0])
             start_response("200 OK", [("Content-Length", "5")])
             return [b"hello"]
         start_response("200 OK", [("Content-Length", str(len(EXPECTED)))])
@@ -333,8 +335,14 @@ def test_a_stream_ahead_of_the_loop_gives_its_thread_to_the_next_request() -> No
         def pieces() -> Iterator[bytes]:
             for index in range(PIECES):
                 if index == pieces_before_wait:
-                    # Holding the thread here would keep the hello request queued behind us.
-                    saw_hello.append(hello_served.wait(TIMEOUT_S / 2))
+                    # Until the hello request has run, or waits in the pool's queue for this
+                    # thread (the client sends it once the stream's first bytes arrive; on a
+                    # busy machine the stream can be this far by then). From here the stream
+                    # must park for it to be answered before the stream ends.
+                    hello_queued.append(
+                        wait_until(lambda: bool(hello_at) or pools[0].queued >= 1, TIMEOUT_S / 2)
+                    )
+                yielded[0] = index + 1
                 yield piece(index)
 
         return pieces()
@@ -344,12 +352,15 @@ def test_a_stream_ahead_of_the_loop_gives_its_thread_to_the_next_request() -> No
         serve(app, threads=1, limits=limits) as server,
         socket.create_connection(server.address, timeout=TIMEOUT_S) as sock,
     ):
+        pools.append(shared_of(server).pool)
         sock.sendall(BIG_REQUEST)
         first = sock.recv(65536)
         assert first.startswith(b"HTTP/1.1 200 ")
         responses, _ = exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert responses[0].body == b"hello"
         status, body = read_rest(sock, first)
-    assert saw_hello == [True]
+    assert hello_queued == [True]
+    # Answered while the stream was still going: it had parked (before its wait, or after).
+    assert len(hello_at) == 1 and hello_at[0] < PIECES, hello_at
     assert status == 200
     assert body == EXPECTED
