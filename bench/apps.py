@@ -74,6 +74,18 @@ def _pieces() -> Iterator[bytes]:
         yield _PIECE
 
 
+def fresh(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    # stream, but each piece is built when it is sent, as an app that renders or reads its
+    # output does: 64 KiB is above Python's small-object limit, so every piece is a malloc.
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return _fresh_pieces()
+
+
+def _fresh_pieces() -> Iterator[bytes]:
+    for _ in range(_PIECES):
+        yield b"s" * len(_PIECE)
+
+
 def sleep(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     # Stands for an app that waits on a database: holds a pool thread, costs no CPU.
     time.sleep(0.01)

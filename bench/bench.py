@@ -43,7 +43,7 @@ BIN = Path(sys.executable).parent
 
 SERVERS = ("hardserve", "gunicorn", "waitress", "granian")
 PEERS = ("gunicorn", "waitress", "granian")
-APPS = ("hello", "json", "echo", "big", "stream", "sleep")
+APPS = ("hello", "json", "echo", "big", "stream", "fresh", "sleep")
 MODES = ("keep-alive", "close")
 SERVER_CORE = "0"
 CLIENT_CORE = "1"

@@ -39,6 +39,7 @@ APP_NOTES = {
     "echo": "POST of 4 KiB, read and returned",
     "big": "1 MiB body, Content-Length",
     "stream": "16 x 64 KiB from a generator, no Content-Length (chunked)",
+    "fresh": "as stream, each 64 KiB piece built when it is sent (a malloc per piece)",
     "sleep": "time.sleep(0.01), then a short body",
 }
 
@@ -82,7 +83,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[Case, dict[str, dict[str, Any]
 
 
 def _ordered_cases(summary: dict[Case, Any]) -> list[Case]:
-    apps = ("hello", "json", "echo", "big", "stream", "sleep")
+    apps = ("hello", "json", "echo", "big", "stream", "fresh", "sleep")
     modes = ("keep-alive", "close")
     return sorted(summary, key=lambda c: (apps.index(c[0]), modes.index(c[1])))
 
@@ -472,7 +473,7 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         "two workers, memory, attack) have their own sections and commands below.",
         "",
         "Commands (`PORT` is a free port picked per process, `APP` one of hello, json, echo, "
-        "big, stream, sleep):",
+        "big, stream, fresh, sleep):",
         "",
         "```sh",
     ]
