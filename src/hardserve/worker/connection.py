@@ -64,6 +64,14 @@ _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a re
 _FIRST_REQUEST_GRACE_S = 1.0
 
 
+def _add_output(outbox: list[bytes], data: Output) -> None:
+    """Put a response piece (bytes, or a list of them) at the end of a connection's outbox."""
+    if isinstance(data, bytes):
+        outbox.append(data)
+    else:
+        outbox.extend(data)
+
+
 def _reset_on_close(fd: int) -> None:
     """Make the socket's close send a reset: a closed socket keeps sending what its kernel
     buffer holds (up to megabytes) to a slow reader for as long as it takes. nginx does the same
@@ -870,10 +878,7 @@ class HttpConnection(asyncio.Protocol):
         if outbox is None:
             self._outbox = outbox = []
             self._pool.at_batch_end(self._flush_outbox)
-        if isinstance(data, bytes):
-            outbox.append(data)
-        else:
-            outbox.extend(data)
+        _add_output(outbox, data)
         self._outbox_gated += size
 
     def _flush_outbox(self) -> None:
@@ -953,10 +958,7 @@ class HttpConnection(asyncio.Protocol):
         outbox = self._outbox
         if outbox is not None:
             # Pieces of this response from the same batch are waiting: its end goes with them.
-            if isinstance(data, bytes):
-                outbox.append(data)
-            else:
-                outbox.extend(data)
+            _add_output(outbox, data)
             self._flush_outbox()
         elif isinstance(data, bytes):
             if data:
