@@ -10,6 +10,7 @@ request for a known time, to check that its wait is measured.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
 import socket
@@ -546,3 +547,57 @@ def test_the_final_snapshot_after_a_signal_holds_everything(signum: int) -> None
     assert observations(final, "request_duration") == {"GET|2xx": 3}
     assert observations(final, "queue_wait") == {"": 3}
     assert final.gauges["requests_in_flight"] == 0
+
+
+# -- the worker's bound on bytes handed to the loop (worker_write_queue_bytes) -------------------
+
+STREAM_PIECE_BYTES = 16384
+STREAM_PIECES = 32
+STREAMS = 8
+
+
+def fresh_stream(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+    """A stream whose pieces are built as they are sent, each different (the client checks the
+    order): no length, so chunked."""
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    for index in range(STREAM_PIECES):
+        yield bytes([index]) * STREAM_PIECE_BYTES
+
+
+@pytest.mark.parametrize("bound", [0, STREAM_PIECE_BYTES])
+def test_threads_past_the_workers_write_bound_wait_and_every_stream_arrives_whole(
+    bound: int,
+) -> None:
+    """Eight streams at once on four threads. With a bound of one piece, a thread that hands
+    over a second piece before the loop has written the first waits: counted in write_waits.
+    With no bound, no thread waits. Either way every stream arrives whole and in order."""
+    expected = b"".join(bytes([index]) * STREAM_PIECE_BYTES for index in range(STREAM_PIECES))
+    bodies: list[bytes] = []
+    failures: list[BaseException] = []
+    limits = Limits(worker_write_queue_bytes=bound)
+    with serve_stats(fresh_stream, limits=limits, threads=4) as (server, channel):
+        start = threading.Barrier(STREAMS, timeout=TIMEOUT_S)
+
+        def fetch() -> None:
+            client = http.client.HTTPConnection(*server.address, timeout=TIMEOUT_S)
+            try:
+                start.wait()
+                client.request("GET", "/")
+                bodies.append(client.getresponse().read())
+            except BaseException as exc:
+                failures.append(exc)
+            finally:
+                client.close()
+
+        clients = [threading.Thread(target=fetch) for _ in range(STREAMS)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join(TIMEOUT_S)
+    assert not failures, failures
+    assert bodies == [expected] * STREAMS
+    waits = counter(channel.final(), "write_waits")
+    if bound:
+        assert waits > 0
+    else:
+        assert waits == 0

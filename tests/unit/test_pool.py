@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from hardserve.worker import pool as pool_module
 from hardserve.worker.main import new_event_loop
 from hardserve.worker.pool import Pool
 
@@ -189,3 +191,221 @@ def test_batch_end_runs_after_every_hand_off_of_its_batch(
         pool.stop(TIMEOUT_S)
     assert seen == ["result 0", "result 1", "result 2", "batch end"]
     assert "error at the end of a hand-off batch" in caplog.text
+
+
+# -- the bound on bytes handed over in one burst (worker_write_queue_bytes) --------------------
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    """Poll a state another thread sets without a signal of its own (a pool thread beginning to
+    wait); on the loop's thread, to hold the loop meanwhile."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.001)
+
+
+@pytest.fixture
+def patient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiting thread that sees no burst goes on by itself after a while: make the while
+    longer than any test, so only a burst can let it go."""
+    monkeypatch.setattr(pool_module, "_BURST_WAIT_S", TIMEOUT_S)
+
+
+@pytest.mark.usefixtures("patient")
+def test_a_thread_past_the_bound_waits_for_the_loop_to_take_the_burst(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """100 bytes with a bound of 100: no wait. One byte more: the thread waits, and only the
+    loop taking the burst lets it go. The loop is held in a callback meanwhile, so it cannot
+    take the burst early."""
+    pool = Pool(1, 10, handed_max_bytes=100)
+    pool.start(loop)
+    events: list[str] = []
+
+    def start(done: asyncio.Future[None]) -> None:
+        def arrived(name: str) -> None:
+            events.append(f"loop took {name}")
+
+        def job() -> None:
+            pool.write_in_loop(100, True, arrived, "at the bound")
+            events.append("thread went on at the bound")
+            pool.write_in_loop(1, True, arrived, "past the bound")
+            events.append("thread went on past the bound")
+            pool.call_in_loop(finished)
+
+        def finished() -> None:
+            pool.job_done()
+            done.set_result(None)
+
+        def hold_the_loop() -> None:
+            wait_until(lambda: pool.write_waits == 1, "the thread waits")
+            events.append("the loop goes on")
+
+        assert pool.submit(job)
+        loop.call_soon(hold_the_loop)
+
+    try:
+        run_on_loop(loop, start)
+    finally:
+        pool.stop(TIMEOUT_S)
+    assert events[:2] == ["thread went on at the bound", "the loop goes on"]
+    assert events.index("thread went on past the bound") > events.index("the loop goes on")
+    assert "loop took past the bound" in events
+    assert pool.write_waits == 1
+
+
+@pytest.mark.usefixtures("patient")
+def test_the_loop_lets_one_waiting_thread_go_per_burst(loop: asyncio.AbstractEventLoop) -> None:
+    """Two threads past the bound: the next burst lets the first to wait go, the one after it
+    the second."""
+    pool = Pool(2, 10, handed_max_bytes=10)
+    pool.start(loop)
+    went_on: list[str] = []
+    first_went_on = threading.Event()
+
+    def start(done: asyncio.Future[None]) -> None:
+        def job(name: str, waiting_before: int) -> Callable[[], None]:
+            def run() -> None:
+                wait_until(lambda: pool.write_waits == waiting_before, f"{name}'s turn to wait")
+                pool.write_in_loop(11, True, lambda: None)
+                went_on.append(name)
+                if len(went_on) == 1:
+                    first_went_on.set()
+
+            return run
+
+        def hold_the_loop() -> None:
+            wait_until(lambda: pool.write_waits == 2, "both threads wait")
+            loop.call_soon(after_one_burst)
+
+        def after_one_burst() -> None:
+            # The burst both hand-offs woke the loop for has been taken.
+            assert len(pool._handed_waiters) == 1
+            assert first_went_on.wait(TIMEOUT_S)
+            assert went_on == ["a"]
+            pool.call_in_loop(lambda: None)  # another burst
+            loop.call_soon(wait_for_the_second, done)
+
+        def wait_for_the_second(done: asyncio.Future[None]) -> None:
+            wait_until(lambda: len(went_on) == 2, "the second thread goes on")
+            done.set_result(None)
+
+        assert pool.submit(job("a", 0))
+        assert pool.submit(job("b", 1))
+        loop.call_soon(hold_the_loop)
+
+    try:
+        run_on_loop(loop, start)
+    finally:
+        pool.stop(TIMEOUT_S)
+    assert went_on == ["a", "b"]
+
+
+def test_a_waiting_thread_goes_on_by_itself_when_no_burst_comes(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread let go before it stops handing over, and nothing else wakes the loop: the
+    next waiting thread must not wait for ever (here the loop is held instead)."""
+    monkeypatch.setattr(pool_module, "_BURST_WAIT_S", 0.05)
+    pool = Pool(1, 10, handed_max_bytes=10)
+    pool.start(loop)
+    went_on = threading.Event()
+
+    def start(done: asyncio.Future[None]) -> None:
+        def job() -> None:
+            pool.write_in_loop(11, True, lambda: None)
+            went_on.set()
+
+        def hold_the_loop() -> None:
+            assert went_on.wait(TIMEOUT_S), "the thread still waits"
+            done.set_result(None)
+
+        assert pool.submit(job)
+        loop.call_soon(hold_the_loop)
+
+    try:
+        run_on_loop(loop, start)
+    finally:
+        pool.stop(TIMEOUT_S)
+    assert pool.write_waits == 1
+    assert not pool._handed_waiters
+
+
+@pytest.mark.usefixtures("patient")
+def test_finish_counts_in_the_burst_but_never_waits(loop: asyncio.AbstractEventLoop) -> None:
+    """A thread that hands over its last bytes (may_wait False) goes on past the bound; the
+    next thread's hand-off of the same burst waits."""
+    pool = Pool(1, 10, handed_max_bytes=10)
+    pool.start(loop)
+    events: list[str] = []
+
+    def start(done: asyncio.Future[None]) -> None:
+        def job() -> None:
+            pool.write_in_loop(50, False, lambda: None)
+            events.append("went on after the last bytes")
+            pool.write_in_loop(1, True, lambda: None)
+            events.append("went on after a piece")
+            pool.call_in_loop(done.set_result, None)
+
+        def hold_the_loop() -> None:
+            wait_until(lambda: pool.write_waits == 1, "the thread waits")
+            events.append("the loop goes on")
+
+        assert pool.submit(job)
+        loop.call_soon(hold_the_loop)
+
+    try:
+        run_on_loop(loop, start)
+    finally:
+        pool.stop(TIMEOUT_S)
+    assert events == ["went on after the last bytes", "the loop goes on", "went on after a piece"]
+
+
+@pytest.mark.usefixtures("patient")
+def test_stop_lets_a_waiting_thread_go(loop: asyncio.AbstractEventLoop) -> None:
+    pool = Pool(1, 10, handed_max_bytes=10)
+    pool.start(loop)
+    went_on = threading.Event()
+
+    def start(done: asyncio.Future[None]) -> None:
+        def job() -> None:
+            pool.write_in_loop(11, True, lambda: None)
+            went_on.set()
+
+        def stop_while_it_waits() -> None:
+            wait_until(lambda: pool.write_waits == 1, "the thread waits")
+            pool.stop(TIMEOUT_S)
+            done.set_result(None)
+
+        assert pool.submit(job)
+        loop.call_soon(stop_while_it_waits)
+
+    run_on_loop(loop, start)
+    assert went_on.is_set()
+    assert not any(thread.is_alive() for thread in pool._threads)
+
+
+@pytest.mark.usefixtures("patient")
+def test_no_bound_no_wait(loop: asyncio.AbstractEventLoop) -> None:
+    pool = Pool(1, 10, handed_max_bytes=0)
+    pool.start(loop)
+    went_on = threading.Event()
+
+    def start(done: asyncio.Future[None]) -> None:
+        def job() -> None:
+            pool.write_in_loop(1 << 30, True, lambda: None)
+            went_on.set()
+
+        def hold_the_loop() -> None:
+            assert went_on.wait(TIMEOUT_S), "the thread waits with no bound"
+            done.set_result(None)
+
+        assert pool.submit(job)
+        loop.call_soon(hold_the_loop)
+
+    try:
+        run_on_loop(loop, start)
+    finally:
+        pool.stop(TIMEOUT_S)
+    assert pool.write_waits == 0

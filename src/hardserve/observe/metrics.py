@@ -130,6 +130,13 @@ _COUNTERS: tuple[tuple[str, str, str, str | None], ...] = (
     ("bytes_received", "received_bytes", "Bytes read from clients.", None),
     ("bytes_sent", "sent_bytes", "Bytes written to clients.", None),
     (
+        "write_waits",
+        "write_waits",
+        "Times an app thread waited for the loop to write what the worker's threads had handed"
+        " over (worker_write_queue_bytes).",
+        None,
+    ),
+    (
         "refusals",
         "refusals",
         "Requests and connections refused, by reason code (src/hardserve/http/reasons.py).",

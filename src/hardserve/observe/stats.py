@@ -34,6 +34,9 @@ Where a worker counts (worker/):
   while draining or lingering); `bytes_sent`: every byte handed to a transport or sent with
   sendfile (heads, bodies, 100 Continue, the server's own answers). Under TLS both are the
   plaintext bytes.
+- `write_waits`: times an app thread waited for the loop to write what the worker's threads had
+  handed over past worker_write_queue_bytes. Counted by the pool under its own lock (the
+  threads wait, not the loop) and copied into the stats on the loop before each snapshot.
 - `queue_wait`: for each request a pool thread started, the time from its submission to the
   pool to the thread starting it (both read on time.monotonic(); the thread only writes the
   time on its call), observed on the loop when the request ends. A request shed from the queue
@@ -168,6 +171,7 @@ class WorkerStats:
         "requests",
         "shed",
         "timeouts",
+        "write_waits",
     )
 
     def __init__(self) -> None:
@@ -176,6 +180,7 @@ class WorkerStats:
         self.requests = 0
         self.bytes_received = 0
         self.bytes_sent = 0
+        self.write_waits = 0  # copied from the pool's count before each snapshot
         self.refusals: dict[str, int] = {}
         self.timeouts: dict[str, int] = {}
         self.shed: dict[str, int] = {}
@@ -260,6 +265,7 @@ class WorkerStats:
                 "requests": {"": self.requests},
                 "bytes_received": {"": self.bytes_received},
                 "bytes_sent": {"": self.bytes_sent},
+                "write_waits": {"": self.write_waits},
                 "refusals": dict(self.refusals),
                 "timeouts": dict(self.timeouts),
                 "shed": dict(self.shed),

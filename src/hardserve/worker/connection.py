@@ -779,7 +779,7 @@ class HttpConnection(asyncio.Protocol):
         # The loop drops a client that stops reading at write_timeout_s (and logs why), which
         # releases this wait; the thread's own timeout is only a backstop behind it.
         self._gate.acquire(size, 2 * self._limits.write_timeout_s + 1.0)
-        self._pool.call_in_loop(self._loop_write, data, size)
+        self._pool.write_in_loop(size, True, self._loop_write, data, size)
 
     def try_send(self, data: Output) -> bool:
         """As send, but False instead of waiting, for the loop or for the client: the caller
@@ -789,7 +789,7 @@ class HttpConnection(asyncio.Protocol):
             return True
         if not self._gate.try_acquire(size):
             return False
-        self._pool.call_in_loop(self._loop_write, data, size)
+        self._pool.write_in_loop(size, True, self._loop_write, data, size)
         return True
 
     def park(self, resume: Callable[[], None]) -> None:
@@ -798,7 +798,9 @@ class HttpConnection(asyncio.Protocol):
         self._pool.call_in_loop(self._loop_park, resume)
 
     def finish(self, data: Output, keep_alive: bool, outcome: str) -> None:
-        self._pool.call_in_loop(self._loop_finish, data, keep_alive, outcome)
+        # Counted in the burst, but the thread does not wait: it is done with this call.
+        size = output_size(data)
+        self._pool.write_in_loop(size, False, self._loop_finish, data, size, keep_alive, outcome)
 
     def abort(self, outcome: str) -> None:
         self._pool.call_in_loop(self._loop_abort, outcome)
@@ -943,7 +945,7 @@ class HttpConnection(asyncio.Protocol):
         handed.append(os.dup(sock.fileno()))
         ready.set()
 
-    def _loop_finish(self, data: Output, keep_alive: bool, outcome: str) -> None:
+    def _loop_finish(self, data: Output, size: int, keep_alive: bool, outcome: str) -> None:
         self._call_active = False
         self._release_slot()
         self._end_client_request()
@@ -952,7 +954,6 @@ class HttpConnection(asyncio.Protocol):
         if transport is None or self._closing or head is None:
             return
         self._response_started = True
-        size = output_size(data)
         self._written += size
         self._stats.bytes_sent += size
         outbox = self._outbox

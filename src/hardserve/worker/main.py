@@ -118,6 +118,8 @@ class Worker:
         if heartbeat is None:
             return
         shared = self.shared
+        if shared is not None:
+            self.stats.write_waits = shared.pool.write_waits  # counted by the pool's threads
         heartbeat.send_snapshot(self.stats.snapshot(shared.gauges() if shared else {}))
 
     def stop(self) -> None:
@@ -134,7 +136,11 @@ class Worker:
     async def _main(self, install_signals: bool) -> int:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        pool = Pool(self.config.threads, self.config.pool_queue_max)
+        pool = Pool(
+            self.config.threads,
+            self.config.pool_queue_max,
+            self.config.limits.worker_write_queue_bytes,
+        )
         pool.start(loop)
         shared = WorkerShared(self.app, self.config, pool, sys.stderr, self.stats)
         self.shared = shared

@@ -9,6 +9,14 @@ wake-up, so a burst of results costs one call_soon_threadsafe instead of one eac
 against loop.run_in_executor in bench/RESULTS.md. What a hand-off registers with at_batch_end
 runs once the whole burst has: a connection writes the response pieces of one burst together.
 
+A burst is bounded in bytes (write_in_loop, worker_write_queue_bytes). The loop takes a burst
+when it next holds the interpreter's lock: after the switch interval (5 ms), or once every
+thread waits. In that time the threads ran every streaming connection up to its own queue, so
+with 64 clients of a stream built piece by piece the loop took 16 MiB of new pieces at a time.
+Past the bound a thread that hands over response bytes waits for the loop to take them, and the
+loop lets one waiting thread go per burst: the threads take turns instead of all waking at
+once for the next burst (letting them all go cost four times the context switches).
+
 Why not one queue.SimpleQueue put per job: each put woke a thread at once, in the middle of
 the loop's turn. The woken thread preempted the loop at its next release of the GIL (uvloop
 releases it between callbacks), ran one job and slept again: two to four context switches per
@@ -29,9 +37,14 @@ _log = logging.getLogger("hardserve.error")
 
 Job = Callable[[], None]
 
+# How long a thread waiting for the loop to take a burst waits with no burst taken at all
+# before it goes on by itself (Pool._wait_for_bursts). The loop takes one at least every switch
+# interval (5 ms) while threads hand over.
+_BURST_WAIT_S = 0.01
+
 
 class Pool:
-    def __init__(self, threads: int, backlog_max: int) -> None:
+    def __init__(self, threads: int, backlog_max: int, handed_max_bytes: int = 0) -> None:
         if threads < 1:
             raise ValueError("a pool needs at least one thread")
         self.size = threads
@@ -53,6 +66,14 @@ class Pool:
         self._to_loop: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self._wake_lock = threading.Lock()
         self._wake_pending = False
+        # Under _wake_lock: response bytes handed to the loop since it last took a burst, the
+        # threads waiting because they passed handed_max_bytes (0: no bound), each on a lock of
+        # its own, let go one per burst in turn; bursts taken (a waiting thread watches it).
+        self._handed_max = handed_max_bytes
+        self._handed_bytes = 0
+        self._handed_waiters: deque[threading.Lock] = deque()
+        self._bursts = 0
+        self.write_waits = 0  # times a thread waited (read on the loop for the stats)
         # Loop side: run once the current hand-off batch is done (at_batch_end).
         self._batch_end: list[Callable[[], None]] = []
         # One byte per thread, 1 while it runs a job: each thread writes only its own byte (an
@@ -123,6 +144,9 @@ class Pool:
             while self._parked:
                 self._free += 1
                 self._parked.pop().release()
+        with self._wake_lock:
+            while self._handed_waiters:
+                self._handed_waiters.popleft().release()
         for thread in self._threads:
             thread.join(timeout)
 
@@ -134,6 +158,11 @@ class Pool:
     def _drain_to_loop(self) -> None:
         with self._wake_lock:
             self._wake_pending = False
+            self._handed_bytes = 0
+            self._bursts += 1
+            waiter = self._handed_waiters.popleft() if self._handed_waiters else None
+        if waiter is not None:
+            waiter.release()
         pending = self._to_loop
         batch_end = self._batch_end
         while pending:
@@ -161,6 +190,46 @@ class Pool:
         # RuntimeError: the loop has closed because the worker is exiting.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._drain_to_loop)
+
+    def write_in_loop(
+        self, size: int, may_wait: bool, function: Callable[..., None], *args: Any
+    ) -> None:
+        """call_in_loop for a hand-off of `size` response bytes. When `may_wait` and the bytes
+        handed over since the loop last took a burst pass handed_max_bytes, wait for the loop
+        to take them (and to let this thread go, in turn with the other waiting threads)."""
+        self._to_loop.append((function, args))
+        waiter = None
+        with self._wake_lock:
+            self._handed_bytes += size
+            if may_wait and self._handed_max and self._handed_bytes > self._handed_max:
+                waiter = threading.Lock()
+                waiter.acquire()
+                self._handed_waiters.append(waiter)
+                self.write_waits += 1
+            if self._wake_pending:
+                wake = False
+            else:
+                self._wake_pending = wake = True
+        if wake:
+            assert self._loop is not None
+            # RuntimeError: the loop has closed because the worker is exiting.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._drain_to_loop)
+        if waiter is not None:
+            self._wait_for_bursts(waiter)
+
+    def _wait_for_bursts(self, waiter: threading.Lock) -> None:
+        """Wait until a burst lets `waiter` go. A thread let go may stop handing over (its app
+        waits on something else), and then no burst comes to let the next one go: a waiting
+        thread that sees no burst taken for a while goes on by itself."""
+        bursts = self._bursts
+        while not waiter.acquire(timeout=_BURST_WAIT_S):
+            if self._bursts == bursts:
+                with self._wake_lock:
+                    if waiter in self._handed_waiters:
+                        self._handed_waiters.remove(waiter)
+                return
+            bursts = self._bursts
 
     def _work(self, index: int) -> None:
         jobs = self._jobs
