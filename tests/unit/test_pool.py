@@ -212,46 +212,65 @@ def patient(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pool_module, "_BURST_WAIT_S", TIMEOUT_S)
 
 
-@pytest.mark.usefixtures("patient")
-def test_a_thread_past_the_bound_waits_for_the_loop_to_take_the_burst(
+def run_holding_the_loop(
     loop: asyncio.AbstractEventLoop,
+    pool: Pool,
+    job: Callable[[], None],
+    hold: Callable[[asyncio.Future[None]], None],
 ) -> None:
-    """100 bytes with a bound of 100: no wait. One byte more: the thread waits, and only the
-    loop taking the burst lets it go. The loop is held in a callback meanwhile, so it cannot
-    take the burst early."""
-    pool = Pool(1, 10, handed_max_bytes=100)
+    """Start `pool`, submit `job`, and run `hold(done)` as the loop's next callback (the loop
+    takes no burst while it runs); then the loop until `done` is set, and stop the pool."""
     pool.start(loop)
-    events: list[str] = []
 
     def start(done: asyncio.Future[None]) -> None:
-        def arrived(name: str) -> None:
-            events.append(f"loop took {name}")
-
-        def job() -> None:
-            pool.write_in_loop(100, True, arrived, "at the bound")
-            events.append("thread went on at the bound")
-            pool.write_in_loop(1, True, arrived, "past the bound")
-            events.append("thread went on past the bound")
-            pool.call_in_loop(finished)
-
-        def finished() -> None:
-            pool.job_done()
-            done.set_result(None)
-
-        def hold_the_loop() -> None:
-            wait_until(lambda: pool.write_waits == 1, "the thread waits")
-            events.append("the loop goes on")
-
         assert pool.submit(job)
-        loop.call_soon(hold_the_loop)
+        loop.call_soon(hold, done)
 
     try:
         run_on_loop(loop, start)
     finally:
         pool.stop(TIMEOUT_S)
+
+
+def done_once(event: threading.Event) -> Callable[[asyncio.Future[None]], None]:
+    """A loop callback that waits for `event` (set by the job at its end), then sets done."""
+
+    def wait(done: asyncio.Future[None]) -> None:
+        assert event.wait(TIMEOUT_S), "the job never ended"
+        done.set_result(None)
+
+    return wait
+
+
+@pytest.mark.usefixtures("patient")
+def test_a_thread_past_the_bound_waits_for_the_loop_to_take_the_burst(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """100 bytes with a bound of 100: no wait. One byte more: the thread waits, and only the
+    loop taking the burst lets it go."""
+    pool = Pool(1, 10, handed_max_bytes=100)
+    events: list[str] = []
+    finished = threading.Event()
+
+    def job() -> None:
+        pool.write_in_loop(100, True, events.append, "loop took the bytes at the bound")
+        events.append("thread went on at the bound")
+        pool.write_in_loop(1, True, events.append, "loop took the byte past the bound")
+        events.append("thread went on past the bound")
+        finished.set()
+
+    def hold(done: asyncio.Future[None]) -> None:
+        wait_until(lambda: pool.write_waits == 1, "the thread waits")
+        events.append("the loop goes on")
+        loop.call_soon(done_once(finished), done)
+
+    run_holding_the_loop(loop, pool, job, hold)
     assert events[:2] == ["thread went on at the bound", "the loop goes on"]
-    assert events.index("thread went on past the bound") > events.index("the loop goes on")
-    assert "loop took past the bound" in events
+    assert set(events[2:]) == {
+        "loop took the bytes at the bound",
+        "loop took the byte past the bound",
+        "thread went on past the bound",
+    }
     assert pool.write_waits == 1
 
 
@@ -309,79 +328,60 @@ def test_a_waiting_thread_goes_on_by_itself_when_no_burst_comes(
     next waiting thread must not wait for ever (here the loop is held instead)."""
     monkeypatch.setattr(pool_module, "_BURST_WAIT_S", 0.05)
     pool = Pool(1, 10, handed_max_bytes=10)
-    pool.start(loop)
     went_on = threading.Event()
 
-    def start(done: asyncio.Future[None]) -> None:
-        def job() -> None:
-            pool.write_in_loop(11, True, lambda: None)
-            went_on.set()
+    def job() -> None:
+        pool.write_in_loop(11, True, lambda: None)
+        went_on.set()
 
-        def hold_the_loop() -> None:
-            assert went_on.wait(TIMEOUT_S), "the thread still waits"
-            done.set_result(None)
+    def hold(done: asyncio.Future[None]) -> None:
+        assert went_on.wait(TIMEOUT_S), "the thread still waits"
+        done.set_result(None)
 
-        assert pool.submit(job)
-        loop.call_soon(hold_the_loop)
-
-    try:
-        run_on_loop(loop, start)
-    finally:
-        pool.stop(TIMEOUT_S)
+    run_holding_the_loop(loop, pool, job, hold)
     assert pool.write_waits == 1
     assert not pool._handed_waiters
 
 
 @pytest.mark.usefixtures("patient")
 def test_finish_counts_in_the_burst_but_never_waits(loop: asyncio.AbstractEventLoop) -> None:
-    """A thread that hands over its last bytes (may_wait False) goes on past the bound; the
-    next thread's hand-off of the same burst waits."""
+    """A thread that hands over a response's last bytes (may_wait False) goes on past the
+    bound; its next hand-off of the same burst waits."""
     pool = Pool(1, 10, handed_max_bytes=10)
-    pool.start(loop)
     events: list[str] = []
+    finished = threading.Event()
 
-    def start(done: asyncio.Future[None]) -> None:
-        def job() -> None:
-            pool.write_in_loop(50, False, lambda: None)
-            events.append("went on after the last bytes")
-            pool.write_in_loop(1, True, lambda: None)
-            events.append("went on after a piece")
-            pool.call_in_loop(done.set_result, None)
+    def job() -> None:
+        pool.write_in_loop(50, False, lambda: None)
+        events.append("went on after the last bytes")
+        pool.write_in_loop(1, True, lambda: None)
+        events.append("went on after a piece")
+        finished.set()
 
-        def hold_the_loop() -> None:
-            wait_until(lambda: pool.write_waits == 1, "the thread waits")
-            events.append("the loop goes on")
+    def hold(done: asyncio.Future[None]) -> None:
+        wait_until(lambda: pool.write_waits == 1, "the thread waits")
+        events.append("the loop goes on")
+        loop.call_soon(done_once(finished), done)
 
-        assert pool.submit(job)
-        loop.call_soon(hold_the_loop)
-
-    try:
-        run_on_loop(loop, start)
-    finally:
-        pool.stop(TIMEOUT_S)
+    run_holding_the_loop(loop, pool, job, hold)
     assert events == ["went on after the last bytes", "the loop goes on", "went on after a piece"]
 
 
 @pytest.mark.usefixtures("patient")
 def test_stop_lets_a_waiting_thread_go(loop: asyncio.AbstractEventLoop) -> None:
     pool = Pool(1, 10, handed_max_bytes=10)
-    pool.start(loop)
     went_on = threading.Event()
 
-    def start(done: asyncio.Future[None]) -> None:
-        def job() -> None:
-            pool.write_in_loop(11, True, lambda: None)
-            went_on.set()
+    def job() -> None:
+        pool.write_in_loop(11, True, lambda: None)
+        went_on.set()
 
-        def stop_while_it_waits() -> None:
-            wait_until(lambda: pool.write_waits == 1, "the thread waits")
-            pool.stop(TIMEOUT_S)
-            done.set_result(None)
+    def stop_while_it_waits(done: asyncio.Future[None]) -> None:
+        wait_until(lambda: pool.write_waits == 1, "the thread waits")
+        pool.stop(TIMEOUT_S)
+        done.set_result(None)
 
-        assert pool.submit(job)
-        loop.call_soon(stop_while_it_waits)
-
-    run_on_loop(loop, start)
+    run_holding_the_loop(loop, pool, job, stop_while_it_waits)
     assert went_on.is_set()
     assert not any(thread.is_alive() for thread in pool._threads)
 
@@ -389,23 +389,15 @@ def test_stop_lets_a_waiting_thread_go(loop: asyncio.AbstractEventLoop) -> None:
 @pytest.mark.usefixtures("patient")
 def test_no_bound_no_wait(loop: asyncio.AbstractEventLoop) -> None:
     pool = Pool(1, 10, handed_max_bytes=0)
-    pool.start(loop)
     went_on = threading.Event()
 
-    def start(done: asyncio.Future[None]) -> None:
-        def job() -> None:
-            pool.write_in_loop(1 << 30, True, lambda: None)
-            went_on.set()
+    def job() -> None:
+        pool.write_in_loop(1 << 30, True, lambda: None)
+        went_on.set()
 
-        def hold_the_loop() -> None:
-            assert went_on.wait(TIMEOUT_S), "the thread waits with no bound"
-            done.set_result(None)
+    def hold(done: asyncio.Future[None]) -> None:
+        assert went_on.wait(TIMEOUT_S), "the thread waits with no bound"
+        done.set_result(None)
 
-        assert pool.submit(job)
-        loop.call_soon(hold_the_loop)
-
-    try:
-        run_on_loop(loop, start)
-    finally:
-        pool.stop(TIMEOUT_S)
+    run_holding_the_loop(loop, pool, job, hold)
     assert pool.write_waits == 0
