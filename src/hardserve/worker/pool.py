@@ -186,6 +186,10 @@ class Pool:
             if self._wake_pending:
                 return
             self._wake_pending = True
+        self._wake_loop()
+
+    def _wake_loop(self) -> None:
+        """Schedule the loop's drain; once per burst (the caller set _wake_pending)."""
         assert self._loop is not None
         # RuntimeError: the loop has closed because the worker is exiting.
         with contextlib.suppress(RuntimeError):
@@ -211,10 +215,7 @@ class Pool:
             else:
                 self._wake_pending = wake = True
         if wake:
-            assert self._loop is not None
-            # RuntimeError: the loop has closed because the worker is exiting.
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._drain_to_loop)
+            self._wake_loop()
         if waiter is not None:
             self._wait_for_bursts(waiter)
 
