@@ -114,3 +114,14 @@ def attack(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         return (_PIECE for _ in range(pieces))
     _plain(start_response, _HELLO)
     return [_HELLO]
+
+
+# Hello beside streams (bench/NOTES.md, "Hello beside 56 streams"): hello on every path but
+# /fresh, which is the fresh app. Not in the matrix; run by hand.
+
+
+def mixed(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    if environ.get("PATH_INFO") == "/fresh":
+        return fresh(environ, start_response)
+    _plain(start_response, _HELLO)
+    return [_HELLO]
