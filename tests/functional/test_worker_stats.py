@@ -564,9 +564,18 @@ def fresh_stream(environ: dict[str, Any], start_response: Any) -> Iterator[bytes
         yield bytes([index]) * STREAM_PIECE_BYTES
 
 
+def fresh_writes(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """The same pieces through the write() callable (the other road to the loop)."""
+    write = start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    for index in range(STREAM_PIECES):
+        write(bytes([index]) * STREAM_PIECE_BYTES)
+    return []
+
+
+@pytest.mark.parametrize("app", [fresh_stream, fresh_writes], ids=["iterable", "write"])
 @pytest.mark.parametrize("bound", [0, STREAM_PIECE_BYTES])
 def test_threads_past_the_workers_write_bound_wait_and_every_stream_arrives_whole(
-    bound: int,
+    bound: int, app: Any
 ) -> None:
     """Eight streams at once on four threads. With a bound of one piece, a thread that hands
     over a second piece before the loop has written the first waits: counted in write_waits.
@@ -575,7 +584,7 @@ def test_threads_past_the_workers_write_bound_wait_and_every_stream_arrives_whol
     bodies: list[bytes] = []
     failures: list[BaseException] = []
     limits = Limits(worker_write_queue_bytes=bound)
-    with serve_stats(fresh_stream, limits=limits, threads=4) as (server, channel):
+    with serve_stats(app, limits=limits, threads=4) as (server, channel):
         start = threading.Barrier(STREAMS, timeout=TIMEOUT_S)
 
         def fetch() -> None:
