@@ -232,14 +232,27 @@ def run_holding_the_loop(
         pool.stop(TIMEOUT_S)
 
 
-def done_once(event: threading.Event) -> Callable[[asyncio.Future[None]], None]:
-    """A loop callback that waits for `event` (set by the job at its end), then sets done."""
+def run_until_one_wait(
+    loop: asyncio.AbstractEventLoop, pool: Pool, steps: Callable[[], None], events: list[str]
+) -> None:
+    """Run `steps` as a job with the loop held until the thread begins one wait; then the loop
+    records "the loop goes on" in `events`, goes on (taking the burst) and waits for the job."""
+    finished = threading.Event()
 
-    def wait(done: asyncio.Future[None]) -> None:
-        assert event.wait(TIMEOUT_S), "the job never ended"
+    def job() -> None:
+        steps()
+        finished.set()
+
+    def hold(done: asyncio.Future[None]) -> None:
+        wait_until(lambda: pool.write_waits == 1, "the thread waits")
+        events.append("the loop goes on")
+        loop.call_soon(wait_for_the_job, done)
+
+    def wait_for_the_job(done: asyncio.Future[None]) -> None:
+        assert finished.wait(TIMEOUT_S), "the job never ended"
         done.set_result(None)
 
-    return wait
+    run_holding_the_loop(loop, pool, job, hold)
 
 
 @pytest.mark.usefixtures("patient")
@@ -250,21 +263,14 @@ def test_a_thread_past_the_bound_waits_for_the_loop_to_take_the_burst(
     loop taking the burst lets it go."""
     pool = Pool(1, 10, handed_max_bytes=100)
     events: list[str] = []
-    finished = threading.Event()
 
-    def job() -> None:
+    def steps() -> None:
         pool.write_in_loop(100, True, events.append, "loop took the bytes at the bound")
         events.append("thread went on at the bound")
         pool.write_in_loop(1, True, events.append, "loop took the byte past the bound")
         events.append("thread went on past the bound")
-        finished.set()
 
-    def hold(done: asyncio.Future[None]) -> None:
-        wait_until(lambda: pool.write_waits == 1, "the thread waits")
-        events.append("the loop goes on")
-        loop.call_soon(done_once(finished), done)
-
-    run_holding_the_loop(loop, pool, job, hold)
+    run_until_one_wait(loop, pool, steps, events)
     assert events[:2] == ["thread went on at the bound", "the loop goes on"]
     assert set(events[2:]) == {
         "loop took the bytes at the bound",
@@ -349,21 +355,14 @@ def test_finish_counts_in_the_burst_but_never_waits(loop: asyncio.AbstractEventL
     bound; its next hand-off of the same burst waits."""
     pool = Pool(1, 10, handed_max_bytes=10)
     events: list[str] = []
-    finished = threading.Event()
 
-    def job() -> None:
+    def steps() -> None:
         pool.write_in_loop(50, False, lambda: None)
         events.append("went on after the last bytes")
         pool.write_in_loop(1, True, lambda: None)
         events.append("went on after a piece")
-        finished.set()
 
-    def hold(done: asyncio.Future[None]) -> None:
-        wait_until(lambda: pool.write_waits == 1, "the thread waits")
-        events.append("the loop goes on")
-        loop.call_soon(done_once(finished), done)
-
-    run_holding_the_loop(loop, pool, job, hold)
+    run_until_one_wait(loop, pool, steps, events)
     assert events == ["went on after the last bytes", "the loop goes on", "went on after a piece"]
 
 
