@@ -236,6 +236,8 @@ class HttpConnection(asyncio.Protocol):
         "_tls_environ",
         "_transport",
         "_url_scheme",
+        "_waited_since",
+        "_waiting",
         "_writing_paused",
         "_written",
         "can_sendfile",
@@ -283,6 +285,10 @@ class HttpConnection(asyncio.Protocol):
         self._writing_paused = False
         # The request in progress.
         self._head: RequestHead | None = None
+        # Waiting for room in the pool (Pool.wait_for_room), its request unread in the parser;
+        # since when (0.0: its request did not wait, or it was read).
+        self._waiting = False
+        self._waited_since = 0.0
         self._call_active = False
         self._body: BodyChannel | None = None
         self._continue_sent = False
@@ -407,6 +413,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._withdraw_queued_call()
+        self._stop_waiting()
         self._closing = True
         self._drop_timer()
         self._stop_send_watch()
@@ -477,6 +484,8 @@ class HttpConnection(asyncio.Protocol):
                 return
             if self._reading_paused and self._body is not None:
                 return
+            if self._head is None and not self._draining and self._must_wait_for_room():
+                return
             event = parser.next_event()
             if event is NEED_DATA:
                 self._resume_reading()
@@ -484,6 +493,8 @@ class HttpConnection(asyncio.Protocol):
             if isinstance(event, BodyData):
                 self._on_body_data(event.data)
             elif isinstance(event, RequestHead):
+                self._started_at = self._waited_since or time.monotonic()
+                self._waited_since = 0.0
                 self._start_request(event)
             elif isinstance(event, EndOfBody):
                 self._body_window = None
@@ -505,6 +516,42 @@ class HttpConnection(asyncio.Protocol):
             elif event is CLOSED:
                 self._close()
                 return
+
+    def _must_wait_for_room(self) -> bool:
+        """Before a request is read: whether it waits for room in the pool, unread, because the
+        pool has all the calls it prepares at once (Pool.must_wait). Once its turn has come it
+        is read as soon as it is whole."""
+        if self._waited_since:
+            if self._waiting and self._parser.buffered_bytes > self._limits.pipeline_buffer_bytes:
+                self._pause_reading()
+            return self._waiting
+        if not self._parser.buffered_bytes or not self._pool.must_wait():
+            return False
+        self._waiting = True
+        self._waited_since = time.monotonic()
+        self._pool.wait_for_room(self, self._take_turn)
+        return True
+
+    def _take_turn(self) -> None:
+        """The pool has room (Pool._admit_waiting): read the request and prepare its call."""
+        self._waiting = False
+        if not self._closing:
+            self._process()
+
+    def _stop_waiting(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self._pool.stop_waiting(self)
+
+    def _shed_waiting(self) -> None:
+        """The request waited for room past its deadline (queue_timeout_s, or head_timeout_s,
+        whichever comes first): 503, and the connection closes, since what the client sent
+        was never read."""
+        self._stop_waiting()
+        waited = time.monotonic() - self._waited_since
+        self._must_close = True
+        self._log_refusal(reasons.QUEUE_TIMEOUT, f"waited {waited:.1f} s for room, unread", b"")
+        self._write_refusal(reasons.QUEUE_TIMEOUT, retry_after=1)
 
     def _on_body_data(self, data: bytes) -> None:
         self._body_received += len(data)
@@ -544,12 +591,13 @@ class HttpConnection(asyncio.Protocol):
     # -- one request -------------------------------------------------------------------------
 
     def _start_request(self, head: RequestHead) -> None:
+        """Prepare the call for `head`, read at _started_at (or begun waiting for room then),
+        and submit it."""
         self._cancel_timer()
         self._head = head
         self._head_deadline_armed = False
         self._continue_sent = False
         self._response_started = False
-        self._started_at = time.monotonic()
         shared = self._shared
         peer = self._peer
         peer_addr = peer[0] if peer else None
@@ -628,13 +676,15 @@ class HttpConnection(asyncio.Protocol):
             self._body_last_at = self._loop.time()
             self._arm_body_timer()
             return
-        self._submit_call()
+        self._submit_call(self._started_at)
 
-    def _submit_call(self) -> None:
+    def _submit_call(self, queued_at: float = 0.0) -> None:
+        """Submit the prepared call; it has waited for a thread since `queued_at` (0.0: now;
+        a request that waited for room has waited since then)."""
         self._call_deferred = False
         call = self._call
         assert call is not None
-        call.queued_at = time.monotonic()
+        call.queued_at = queued_at or time.monotonic()
         if not self._pool.submit(call.run):
             self._call_active = False
             self._call = None
@@ -690,6 +740,10 @@ class HttpConnection(asyncio.Protocol):
     def shed_if_queued_since(self, cutoff: float) -> None:
         """Answer 503 to the request if it has waited for a pool thread since before `cutoff`
         (time.monotonic()); the app never sees it."""
+        if self._waiting:
+            if self._waited_since <= cutoff:
+                self._shed_waiting()
+            return
         call = self._call
         if not self._call_active or call is None or self._started_at > cutoff:
             return
@@ -1303,6 +1357,9 @@ class HttpConnection(asyncio.Protocol):
             detail = f"header not complete in {self._limits.head_timeout_s:g} s"
             self._log_refusal(reasons.PROXY_HEADER_INVALID, detail, b"")
             self._close()
+            return
+        if self._waiting:
+            self._shed_waiting()
             return
         if self._head is None and not self._call_active:
             self._log_refusal(reasons.HEAD_TIMEOUT, f"{self._limits.head_timeout_s:g} s", b"")

@@ -140,6 +140,7 @@ class Worker:
             self.config.threads,
             self.config.pool_queue_max,
             self.config.limits.worker_write_queue_bytes,
+            self.config.pool_prepared_max,
         )
         pool.start(loop)
         shared = WorkerShared(self.app, self.config, pool, sys.stderr, self.stats)
