@@ -124,6 +124,151 @@ def test_the_pool_admits_threads_plus_backlog_calls(loop: asyncio.AbstractEventL
     assert admitted == [True, True, False]
 
 
+def test_requests_past_prepared_max_wait_and_are_let_in_by_arrival_as_calls_end(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Two calls may be prepared at once: the first two are (the second at the limit), the next
+    three wait, and each call that ends (its job_done in a drain, as a connection's finish)
+    lets the first waiting one in; never more than two are admitted."""
+    pool = Pool(1, 10, prepared_max=2)
+    pool.start(loop)
+    release = threading.Event()
+    order: list[str] = []
+    admitted_most = 0
+    waits_at: dict[str, bool] = {}
+    counts: list[tuple[int, int, int]] = []
+
+    def start(done: asyncio.Future[None]) -> None:
+        def ended() -> None:
+            pool.job_done()
+            if pool.in_flight == 0 and not pool.waiting:
+                done.set_result(None)
+
+        def job() -> None:
+            release.wait(TIMEOUT_S)
+            pool.call_in_loop(ended)
+
+        def prepare(name: str) -> Callable[[], None]:
+            def run() -> None:
+                nonlocal admitted_most
+                order.append(name)
+                if not pool.submit(job):
+                    order.append("refused")
+                admitted_most = max(admitted_most, pool.in_flight)
+
+            return run
+
+        for name in ("first", "second"):
+            waits_at[name] = pool.must_wait()
+            prepare(name)()
+        for name in ("a", "b", "c"):
+            waits_at[name] = pool.must_wait()
+            pool.wait_for_room(name, prepare(name))
+        counts.append((pool.in_flight, pool.waiting, pool.queued))
+        release.set()
+
+    try:
+        run_on_loop(loop, start)
+    finally:
+        release.set()
+        pool.stop(TIMEOUT_S)
+    assert waits_at == {"first": False, "second": False, "a": True, "b": True, "c": True}
+    assert counts == [(2, 3, 5)]
+    assert order == ["first", "second", "a", "b", "c"]
+    assert admitted_most == 2
+
+
+def test_a_waiting_request_counts_against_threads_plus_backlog(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """One thread, one backlog slot, one call prepared at once: a running call and a waiting
+    request fill the pool, so the next request is read and refused (must_wait says no, submit
+    refuses); withdrawn, the waiting request leaves its room."""
+    pool = Pool(1, 1, prepared_max=1)
+    pool.start(loop)
+    release = threading.Event()
+    seen: list[object] = []
+
+    def start(done: asyncio.Future[None]) -> None:
+        assert pool.submit(lambda: release.wait(TIMEOUT_S))
+        seen.append(pool.must_wait())
+        pool.wait_for_room("waiting", lambda: None)
+        seen.extend([pool.must_wait(), pool.submit(lambda: None)])
+        seen.extend([pool.stop_waiting("waiting"), pool.stop_waiting("waiting")])
+        seen.extend([pool.waiting, pool.submit(lambda: None)])
+        done.set_result(None)
+
+    try:
+        run_on_loop(loop, start)
+    finally:
+        release.set()
+        pool.stop(TIMEOUT_S)
+    assert seen == [True, False, False, True, False, 0, True]
+
+
+def test_a_call_ended_outside_a_drain_lets_the_next_request_in_on_the_next_turn(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """A call withdrawn or shed by the loop ends without a hand-off: its room still goes to
+    the first waiting request, once, on the loop's next turn."""
+    pool = Pool(1, 10, prepared_max=1)
+    pool.start(loop)
+    release = threading.Event()
+    let_in: list[str] = []
+    seen: list[object] = []
+
+    def start(done: asyncio.Future[None]) -> None:
+        def prepare(name: str) -> Callable[[], None]:
+            def run() -> None:
+                let_in.append(name)
+                if name == "b":
+                    done.set_result(None)
+
+            return run
+
+        seen.append(pool.submit(lambda: release.wait(TIMEOUT_S)))
+        pool.wait_for_room("a", prepare("a"))
+        pool.wait_for_room("b", prepare("b"))
+        pool.job_done()  # as _withdraw_queued_call does
+        seen.append(list(let_in))  # not inside the caller's turn
+        # There is room now, but a new request still goes behind the waiting ones.
+        seen.append(pool.must_wait())
+
+    try:
+        run_on_loop(loop, start)
+    finally:
+        release.set()
+        pool.stop(TIMEOUT_S)
+    assert seen == [True, [], True]
+    # "a" prepared nothing, so there was room for "b" too.
+    assert let_in == ["a", "b"]
+    assert pool.waiting == 0
+
+
+@pytest.mark.parametrize(("prepared_max", "waits_after"), [(2, 4), (0, None)])
+def test_prepared_max_is_at_least_the_threads_and_0_never_waits(
+    loop: asyncio.AbstractEventLoop, prepared_max: int, waits_after: int | None
+) -> None:
+    pool = Pool(4, 100, prepared_max=prepared_max)
+    pool.start(loop)
+    release = threading.Event()
+    must_wait: list[bool] = []
+
+    def start(done: asyncio.Future[None]) -> None:
+        for _ in range(8):
+            must_wait.append(pool.must_wait())
+            pool.submit(lambda: release.wait(TIMEOUT_S))
+        done.set_result(None)
+
+    try:
+        run_on_loop(loop, start)
+    finally:
+        release.set()
+        pool.stop(TIMEOUT_S)
+    first_wait = must_wait.index(True) if True in must_wait else None
+    assert first_wait == waits_after
+
+
 def test_stop_runs_the_jobs_submitted_before_it(loop: asyncio.AbstractEventLoop) -> None:
     pool = Pool(2, 100)
     pool.start(loop)

@@ -294,7 +294,7 @@ class Worker:
         def check() -> None:
             now = time.monotonic()
             shared.report_overdue_requests(now)
-            if pool.in_flight > pool.size:  # some calls wait for a thread
+            if pool.in_flight > pool.size or pool.waiting:  # some requests wait for a thread
                 shared.shed_stale_queued_requests(now)
 
         return _every(loop, interval, check)

@@ -195,6 +195,11 @@ class Pool:
         thread drops it, which a free thread does at once) and requests waiting for room."""
         return len(self._jobs) + len(self._submitted) + len(self._waiting)
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for room, unread (wait_for_room)."""
+        return len(self._waiting)
+
     def stop(self, timeout: float | None = None) -> None:
         with self._lock:
             self._jobs.extend(self._submitted)
