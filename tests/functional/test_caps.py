@@ -271,3 +271,148 @@ def test_a_request_still_in_the_app_counts_against_its_client_after_a_reset() ->
             assert responses[0].status == 503
         finally:
             app.release.set()
+
+
+# -- pool_prepared_max: requests past it wait unread, in arrival order ----------------------
+
+
+def waiting_pool(server: RunningServer) -> Any:
+    return server.worker.shared.pool  # type: ignore[union-attr]
+
+
+def test_requests_past_pool_prepared_max_wait_unread_and_are_served_in_arrival_order() -> None:
+    app = GateApp()
+    with (
+        serve(app, threads=1, pool_prepared_max=2, pool_queue_max=8) as server,
+        holding(server, app, 1) as held,
+        ExitStack() as stack,
+    ):
+        pool = waiting_pool(server)
+        queued = stack.enter_context(server.connect())
+        queued.sendall(b"GET /queued HTTP/1.1\r\nHost: x\r\n\r\n")
+        # The second call is prepared and queued for the thread: the limit, not past it.
+        assert wait_until(lambda: pool.in_flight == 2)
+        socks = []
+        for index in range(1, 3):
+            sock = stack.enter_context(server.connect())
+            sock.sendall(b"GET /waits/%d HTTP/1.1\r\nHost: x\r\n\r\n" % index)
+            assert wait_until(lambda: pool.waiting == index)  # noqa: B023 - used at once
+            socks.append(sock)
+        assert pool.in_flight == 2
+        assert server.worker.shared.gauges()["pool_queued"] == 3  # type: ignore[union-attr]
+        app.release.set()
+        bodies = [read_responses(sock, 1)[0][0].body for sock in (*held, queued, *socks)]
+    assert bodies == [b"/hold/0", b"/queued", b"/waits/1", b"/waits/2"]
+    assert app.paths == ["/hold/0", "/queued", "/waits/1", "/waits/2"]
+
+
+def test_a_request_waiting_for_room_holds_a_slot_of_the_queue() -> None:
+    """One thread and one queue slot: a running call and a waiting request fill them, so the
+    next request gets 503 at once; the waiting one is served."""
+    app = GateApp()
+    with (
+        serve(app, threads=1, pool_prepared_max=1, pool_queue_max=1) as server,
+        holding(server, app, 1) as held,
+        server.connect() as waiting,
+    ):
+        waiting.sendall(b"GET /waits HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_until(lambda: waiting_pool(server).waiting == 1)
+        responses, closed = exchange(server, b"GET /refused HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert responses[0].status == 503
+        assert responses[0].header("Retry-After") == "1"
+        assert not closed
+        app.release.set()
+        assert read_responses(held[0], 1)[0][0].status == 200
+        assert read_responses(waiting, 1)[0][0].body == b"/waits"
+    assert "/refused" not in app.paths
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [Limits(queue_timeout_s=0.3), Limits(head_timeout_s=0.3, queue_timeout_s=30.0)],
+    ids=["queue_timeout", "head_timeout"],
+)
+def test_a_request_waiting_for_room_past_its_deadline_gets_503_and_the_connection_closes(
+    limits: Limits, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whichever deadline comes first, the answer is the queue's 503 (the client sent its
+    request in time; the server had no room). What the client sent was never read, so the
+    connection closes: the pipelined second request is not served either."""
+    caplog.set_level(logging.WARNING, logger="hardserve.security")
+    app = GateApp()
+    with (
+        serve(app, limits=limits, threads=1, pool_prepared_max=1) as server,
+        holding(server, app, 1) as held,
+        server.connect() as waiting,
+    ):
+        waiting.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        responses, closed = read_responses(waiting, 1)
+        assert responses[0].status == 503
+        assert responses[0].header("Retry-After") == "1"
+        assert responses[0].header("Connection") == "close"
+        assert closed
+        assert wait_until(lambda: waiting_pool(server).waiting == 0)
+        app.release.set()
+        assert read_responses(held[0], 1)[0][0].status == 200
+    assert app.paths == ["/hold/0"]
+    security = [r.getMessage() for r in caplog.records if r.name == "hardserve.security"]
+    assert any("reason=queue_timeout " in line for line in security), security
+
+
+def test_a_waiting_request_whose_client_reset_is_withdrawn_at_once() -> None:
+    app = GateApp()
+    with (
+        serve(app, threads=1, pool_prepared_max=1, pool_queue_max=1) as server,
+        holding(server, app, 1) as held,
+    ):
+        pool = waiting_pool(server)
+        leaver = server.connect()
+        leaver.sendall(b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_until(lambda: pool.waiting == 1)
+        reset(leaver)
+        assert wait_until(lambda: pool.waiting == 0)
+        with server.connect() as after:  # its slot is free: this one waits, it is not refused
+            after.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert wait_until(lambda: pool.waiting == 1)
+            app.release.set()
+            assert read_responses(held[0], 1)[0][0].status == 200
+            assert read_responses(after, 1)[0][0].body == b"/after"
+    assert app.paths == ["/hold/0", "/after"]
+
+
+def test_a_partial_head_that_waited_is_read_once_the_rest_arrives() -> None:
+    app = GateApp()
+    with (
+        serve(app, threads=1, pool_prepared_max=1) as server,
+        holding(server, app, 1) as held,
+        server.connect() as slow,
+    ):
+        pool = waiting_pool(server)
+        slow.sendall(b"GET /slow HTTP/1.1\r\n")
+        assert wait_until(lambda: pool.waiting == 1)
+        app.release.set()
+        assert read_responses(held[0], 1)[0][0].status == 200
+        # Its turn came with half a head: nothing to prepare, and it no longer waits.
+        assert wait_until(lambda: pool.waiting == 0 and pool.in_flight == 0)
+        slow.sendall(b"Host: x\r\n\r\n")
+        assert read_responses(slow, 1)[0][0].body == b"/slow"
+
+
+def test_a_request_waiting_for_room_at_a_graceful_stop_is_served_and_closed() -> None:
+    app = GateApp()
+    with (
+        serve(app, threads=1, pool_prepared_max=1) as server,
+        holding(server, app, 1) as held,
+        server.connect() as waiting,
+    ):
+        waiting.sendall(b"GET /waits HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_until(lambda: waiting_pool(server).waiting == 1)
+        server.worker.stop()
+        assert wait_until(lambda: server.worker.shared.stopping)  # type: ignore[union-attr]
+        app.release.set()
+        held_responses, _ = read_responses(held[0], 1)
+        responses, closed = read_responses(waiting, 1)
+    assert held_responses[0].status == 200
+    assert responses[0].body == b"/waits"
+    assert responses[0].header("Connection") == "close"
+    assert closed
