@@ -161,7 +161,8 @@ SETTINGS: tuple[Setting, ...] = (
         "queued or running). A later request waits unread on its connection, in arrival order, "
         "and is read when a call ends; it counts against pool_queue_max like a queued call. "
         "Keeps many connections' requests within the CPU's cache (bench/NOTES.md). Taken as at "
-        "least the number of threads; 0 prepares every request at once.",
+        "least the number of threads. 0 prepares every request at once, and so does a worker "
+        "with client_in_flight_max set (a request is counted against its client when read).",
         128,
         int,
         metavar="N",

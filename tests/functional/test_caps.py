@@ -299,7 +299,8 @@ def test_requests_past_pool_prepared_max_wait_unread_and_are_served_in_arrival_o
             assert wait_until(lambda: pool.waiting == index)  # noqa: B023 - used at once
             socks.append(sock)
         assert pool.in_flight == 2
-        assert server.worker.shared.gauges()["pool_queued"] == 3  # type: ignore[union-attr]
+        gauges = server.worker.shared.gauges()  # type: ignore[union-attr]
+        assert (gauges["pool_queued"], gauges["requests_in_flight"]) == (3, 4)
         app.release.set()
         bodies = [read_responses(sock, 1)[0][0].body for sock in (*held, queued, *socks)]
     assert bodies == [b"/hold/0", b"/queued", b"/waits/1", b"/waits/2"]
@@ -416,3 +417,22 @@ def test_a_request_waiting_for_room_at_a_graceful_stop_is_served_and_closed() ->
     assert responses[0].body == b"/waits"
     assert responses[0].header("Connection") == "close"
     assert closed
+
+
+def test_with_a_per_client_cap_every_request_is_read_and_counted_on_arrival() -> None:
+    """A waiting request is not yet counted against its client, so with client_in_flight_max
+    set nothing waits: the request past pool_prepared_max is prepared and queued at once."""
+    app = GateApp()
+    limits = Limits(client_in_flight_max=8)
+    with (
+        serve(app, limits=limits, threads=1, pool_prepared_max=1) as server,
+        holding(server, app, 1) as held,
+        server.connect() as queued,
+    ):
+        pool = waiting_pool(server)
+        queued.sendall(b"GET /queued HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_until(lambda: pool.in_flight == 2)
+        assert pool.waiting == 0
+        app.release.set()
+        assert read_responses(held[0], 1)[0][0].status == 200
+        assert read_responses(queued, 1)[0][0].body == b"/queued"

@@ -140,7 +140,9 @@ class Worker:
             self.config.threads,
             self.config.pool_queue_max,
             self.config.limits.worker_write_queue_bytes,
-            self.config.pool_prepared_max,
+            # A request that waits is not yet counted against its client (that needs its
+            # head), so with a per-client cap every request is read and counted on arrival.
+            0 if self.config.limits.client_in_flight_max else self.config.pool_prepared_max,
         )
         pool.start(loop)
         shared = WorkerShared(self.app, self.config, pool, sys.stderr, self.stats)

@@ -241,7 +241,10 @@ class Pool:
                 batch_end.pop()()
             except Exception:
                 _log.exception("error at the end of a hand-off batch")
-        self._admit_waiting()
+        if self._waiting:
+            self._admit_waiting()
+        else:
+            self._admitting = False
 
     # -- thread side -------------------------------------------------------------------------
 

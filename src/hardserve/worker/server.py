@@ -261,7 +261,7 @@ class WorkerShared:
         pool = self.pool
         return {
             "connections_open": len(self.connections),
-            "requests_in_flight": pool.in_flight,
+            "requests_in_flight": pool.in_flight + pool.waiting,
             "pool_threads": pool.size,
             "pool_busy": pool.busy,
             "pool_queued": pool.queued,
