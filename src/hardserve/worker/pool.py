@@ -182,7 +182,8 @@ class Pool:
             # request on the next turn. A drain admits at its end, once for all its calls.
             self._admitting = True
             assert self._loop is not None
-            self._loop.call_soon(self._admit_waiting)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the worker is exiting
+                self._loop.call_soon(self._admit_waiting)
 
     @property
     def busy(self) -> int:
