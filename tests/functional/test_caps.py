@@ -436,3 +436,22 @@ def test_with_a_per_client_cap_every_request_is_read_and_counted_on_arrival() ->
         app.release.set()
         assert read_responses(held[0], 1)[0][0].status == 200
         assert read_responses(queued, 1)[0][0].body == b"/queued"
+
+
+def test_a_waiting_request_whose_client_half_closes_is_still_served() -> None:
+    """The FIN reaches the parser before the request is read; the request is still whole."""
+    app = GateApp()
+    with (
+        serve(app, threads=1, pool_prepared_max=1) as server,
+        holding(server, app, 1) as held,
+        server.connect() as half,
+    ):
+        half.sendall(b"GET /half HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_until(lambda: waiting_pool(server).waiting == 1)
+        half.shutdown(socket.SHUT_WR)
+        app.release.set()
+        assert read_responses(held[0], 1)[0][0].status == 200
+        responses, closed = read_responses(half, 1)
+    assert responses[0].body == b"/half"
+    assert closed
+    assert app.paths == ["/hold/0", "/half"]
