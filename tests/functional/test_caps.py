@@ -381,22 +381,34 @@ def test_a_waiting_request_whose_client_reset_is_withdrawn_at_once() -> None:
     assert app.paths == ["/hold/0", "/after"]
 
 
-def test_a_partial_head_that_waited_is_read_once_the_rest_arrives() -> None:
+def test_half_a_head_does_not_wait_so_slow_clients_hold_no_place_in_the_queue() -> None:
+    """One thread, one queue slot, one call prepared at once, and the thread busy: two slow
+    clients send half a head each. Had they waited, they would fill the pool and a whole
+    request would get 503; they hold nothing, the whole request waits and is served, and a
+    slow client that finishes its head is served too."""
     app = GateApp()
     with (
-        serve(app, threads=1, pool_prepared_max=1) as server,
+        serve(app, threads=1, pool_prepared_max=1, pool_queue_max=1) as server,
         holding(server, app, 1) as held,
         server.connect() as slow,
+        server.connect() as slower,
+        server.connect() as whole,
     ):
-        pool = waiting_pool(server)
-        slow.sendall(b"GET /slow HTTP/1.1\r\n")
-        assert wait_until(lambda: pool.waiting == 1)
+        shared = server.worker.shared  # type: ignore[union-attr]
+        for sock in (slow, slower):
+            sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
+        assert wait_until(
+            lambda: sum(1 for c in list(shared.connections) if c._parser.buffered_bytes) == 2
+        )
+        assert shared.pool.waiting == 0
+        whole.sendall(b"GET /whole HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_until(lambda: shared.pool.waiting == 1)
         app.release.set()
         assert read_responses(held[0], 1)[0][0].status == 200
-        # Its turn came with half a head: nothing to prepare, and it no longer waits.
-        assert wait_until(lambda: pool.waiting == 0 and pool.in_flight == 0)
-        slow.sendall(b"Host: x\r\n\r\n")
+        assert read_responses(whole, 1)[0][0].body == b"/whole"
+        slow.sendall(b"\r\n")
         assert read_responses(slow, 1)[0][0].body == b"/slow"
+    assert app.paths == ["/hold/0", "/whole", "/slow"]
 
 
 def test_a_request_waiting_for_room_at_a_graceful_stop_is_served_and_closed() -> None:

@@ -1098,3 +1098,35 @@ def test_header_section_readings_are_bounded() -> None:
         len(key) <= parser_module._FIELD_READING_KEY_MAX_BYTES
         for key in parser_module._FIELD_READINGS[False]
     )
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nX-Long: " + b"v" * 300 + b"\r\n\r\n",
+    ],
+)
+def test_head_arrived_turns_true_with_the_last_byte_of_the_head_however_it_is_split(
+    head: bytes,
+) -> None:
+    """Fed a byte at a time, with the head read (NEED_DATA) after every byte as a connection
+    does when nothing waits: the empty line is seen exactly when its last byte arrives, also
+    when it straddles two feeds."""
+    parser = RequestParser(Limits())
+    seen = []
+    for index in range(len(head)):
+        parser.feed(head[index : index + 1])
+        seen.append(parser.head_arrived())
+        if index < len(head) - 1:
+            assert parser.next_event() is NEED_DATA
+    assert seen == [False] * (len(head) - 1) + [True]
+    assert isinstance(parser.next_event(), RequestHead)
+
+
+def test_a_head_ended_by_bare_lf_never_counts_as_arrived() -> None:
+    parser = RequestParser(Limits())
+    parser.feed(b"GET / HTTP/1.1\nHost: x\n\n")
+    assert not parser.head_arrived()
+    event = parser.next_event()
+    assert isinstance(event, Refusal) and event.reason is reasons.BARE_LF

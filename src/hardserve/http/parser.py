@@ -388,6 +388,13 @@ class RequestParser:
     def buffered_bytes(self) -> int:
         return len(self._buf)
 
+    def head_arrived(self) -> bool:
+        """Whether the buffer holds the empty line that ends a head, looked for without reading
+        the head (from where the last reading stopped, so no byte is searched twice over a
+        slow head). A request that waits for its turn unread must be a whole one: half a head
+        that waited would hold a place in the queue for nothing."""
+        return self._buf.find(b"\r\n\r\n", max(0, self._scan_pos - 2)) >= 0
+
     @property
     def in_body(self) -> bool:
         return _LENGTH <= self._state <= _TRAILERS

@@ -519,13 +519,14 @@ class HttpConnection(asyncio.Protocol):
 
     def _must_wait_for_room(self) -> bool:
         """Before a request is read: whether it waits for room in the pool, unread, because the
-        pool has all the calls it prepares at once (Pool.must_wait). Once its turn has come it
-        is read as soon as it is whole."""
+        pool has all the calls it prepares at once (Pool.must_wait). Only a whole head waits
+        (its empty line has arrived): half a head is read as usual, and holds no place in the
+        queue while its client takes its time. Once its turn has come, the request is read."""
         if self._waited_since:
             if self._waiting and self._parser.buffered_bytes > self._limits.pipeline_buffer_bytes:
                 self._pause_reading()
             return self._waiting
-        if not self._parser.buffered_bytes or not self._pool.must_wait():
+        if not self._pool.must_wait() or not self._parser.head_arrived():
             return False
         self._waiting = True
         self._waited_since = time.monotonic()
