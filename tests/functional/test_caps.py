@@ -280,6 +280,23 @@ def waiting_pool(server: RunningServer) -> Any:
     return server.worker.shared.pool  # type: ignore[union-attr]
 
 
+@contextmanager
+def one_request_waiting(
+    app: GateApp, path: bytes, **settings: Any
+) -> Iterator[tuple[RunningServer, socket.socket, socket.socket]]:
+    """The one thread busy with /hold/0 and one call prepared at once: a request for `path`,
+    sent on a new connection, waits for room. Yields the server, the held connection and the
+    waiting one."""
+    with (
+        serve(app, threads=1, pool_prepared_max=1, **settings) as server,
+        holding(server, app, 1) as held,
+        server.connect() as waiting,
+    ):
+        waiting.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+        assert wait_until(lambda: waiting_pool(server).waiting == 1)
+        yield server, held[0], waiting
+
+
 def test_requests_past_pool_prepared_max_wait_unread_and_are_served_in_arrival_order() -> None:
     app = GateApp()
     with (
@@ -311,19 +328,13 @@ def test_a_request_waiting_for_room_holds_a_slot_of_the_queue() -> None:
     """One thread and one queue slot: a running call and a waiting request fill them, so the
     next request gets 503 at once; the waiting one is served."""
     app = GateApp()
-    with (
-        serve(app, threads=1, pool_prepared_max=1, pool_queue_max=1) as server,
-        holding(server, app, 1) as held,
-        server.connect() as waiting,
-    ):
-        waiting.sendall(b"GET /waits HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert wait_until(lambda: waiting_pool(server).waiting == 1)
+    with one_request_waiting(app, b"/waits", pool_queue_max=1) as (server, held, waiting):
         responses, closed = exchange(server, b"GET /refused HTTP/1.1\r\nHost: x\r\n\r\n")
         assert responses[0].status == 503
         assert responses[0].header("Retry-After") == "1"
         assert not closed
         app.release.set()
-        assert read_responses(held[0], 1)[0][0].status == 200
+        assert read_responses(held, 1)[0][0].status == 200
         assert read_responses(waiting, 1)[0][0].body == b"/waits"
     assert "/refused" not in app.paths
 
@@ -413,17 +424,11 @@ def test_half_a_head_does_not_wait_so_slow_clients_hold_no_place_in_the_queue() 
 
 def test_a_request_waiting_for_room_at_a_graceful_stop_is_served_and_closed() -> None:
     app = GateApp()
-    with (
-        serve(app, threads=1, pool_prepared_max=1) as server,
-        holding(server, app, 1) as held,
-        server.connect() as waiting,
-    ):
-        waiting.sendall(b"GET /waits HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert wait_until(lambda: waiting_pool(server).waiting == 1)
+    with one_request_waiting(app, b"/waits") as (server, held, waiting):
         server.worker.stop()
         assert wait_until(lambda: server.worker.shared.stopping)  # type: ignore[union-attr]
         app.release.set()
-        held_responses, _ = read_responses(held[0], 1)
+        held_responses, _ = read_responses(held, 1)
         responses, closed = read_responses(waiting, 1)
     assert held_responses[0].status == 200
     assert responses[0].body == b"/waits"
@@ -453,16 +458,10 @@ def test_with_a_per_client_cap_every_request_is_read_and_counted_on_arrival() ->
 def test_a_waiting_request_whose_client_half_closes_is_still_served() -> None:
     """The FIN reaches the parser before the request is read; the request is still whole."""
     app = GateApp()
-    with (
-        serve(app, threads=1, pool_prepared_max=1) as server,
-        holding(server, app, 1) as held,
-        server.connect() as half,
-    ):
-        half.sendall(b"GET /half HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert wait_until(lambda: waiting_pool(server).waiting == 1)
+    with one_request_waiting(app, b"/half") as (_server, held, half):
         half.shutdown(socket.SHUT_WR)
         app.release.set()
-        assert read_responses(held[0], 1)[0][0].status == 200
+        assert read_responses(held, 1)[0][0].status == 200
         responses, closed = read_responses(half, 1)
     assert responses[0].body == b"/half"
     assert closed
