@@ -286,7 +286,7 @@ class HttpConnection(asyncio.Protocol):
         # The request in progress.
         self._head: RequestHead | None = None
         # Waiting for room in the pool (Pool.wait_for_room), its request unread in the parser;
-        # since when (0.0: its request did not wait, or it was read).
+        # since when, until its head is read or its turn ends (0.0: it did not wait).
         self._waiting = False
         self._waited_since = 0.0
         self._call_active = False
