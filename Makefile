@@ -33,7 +33,7 @@ test: $(STAMP) system-deps lint typecheck
 	$(PY) -m pytest -n auto
 
 # The benchmark and every goal of issue 7 side by side with the peers (bench/RESULTS.md,
-# bench/goals.png): about 25 minutes on 2 cores; bench-quick is one short round (about 8).
+# bench/goals.png): about 30 minutes on 2 cores; bench-quick is one short round (about 9).
 bench: $(STAMP)
 	./bench/run.sh
 

@@ -487,7 +487,7 @@ class Options:
     scenarios: tuple[str, ...] = ()
 
 
-SCENARIO_NAMES = ("matrix", "concurrency", "workers", "memory", "attack")
+SCENARIO_NAMES = ("matrix", "concurrency", "workers", "memory", "attack", "crowded")
 
 
 def run_matrix(
@@ -623,7 +623,7 @@ def environment() -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="one round of 2 s per case (about 8 minutes)"
+        "--quick", action="store_true", help="one round of 2 s per case (about 9 minutes)"
     )
     parser.add_argument("--rounds", type=int, help="rounds over all servers (default 3)")
     parser.add_argument("--duration", type=int, help="seconds of each measured load (default 3)")
@@ -649,7 +649,7 @@ def parse_args(argv: list[str] | None) -> Options:
         default=",".join(SCENARIO_NAMES),
         help="comma-separated: matrix (apps x servers x modes), concurrency (1,024 connections), "
         "workers (2 workers, 2 cores), memory (idle connections), attack (slowloris and slow "
-        "readers); all by default",
+        "readers), crowded (the attack beside 1,024 connections); all by default",
     )
     args = parser.parse_args(argv)
     apps = tuple(a for a in args.apps.split(",") if a)

@@ -75,6 +75,7 @@ def scenario_figures(scenarios: Scenarios) -> dict[str, dict[str, float]]:
     conc = scenarios.get("concurrency", [])
     mem = scenarios.get("memory", [])
     att = scenarios.get("attack", [])
+    crowd = scenarios.get("crowded", [])
     return {
         "rps_64": per_server(conc, lambda r: r["low"]["rps"]),
         "rps_1024": per_server(conc, lambda r: r["high"]["rps"]),
@@ -102,6 +103,17 @@ def scenario_figures(scenarios: Scenarios) -> dict[str, dict[str, float]]:
         "attack_hwm_mib": per_server(att, lambda r: r["attacked_memory"]["hwm_max_kib"] / 1024),
         "ratio_slowloris_only": per_server(att, lambda r: r["ratio_slowloris_only"]),
         "ratio_slow_readers_only": per_server(att, lambda r: r["ratio_slow_readers_only"]),
+        "rps_crowded_unloaded": per_server(crowd, lambda r: r["unloaded"]["rps"]),
+        "rps_crowded_attacked": per_server(crowd, lambda r: r["attacked"]["rps"]),
+        "ratio_crowded": per_server(crowd, lambda r: r["ratio"]),
+        # wrk's percentiles of no answer at all read 0.
+        "p99_crowded_attacked": per_server(
+            crowd,
+            lambda r: r["attacked"]["latency_p99_ms"] if r["attacked"]["rps"] else NAN,
+        ),
+        "crowded_non2xx": per_server(
+            crowd, lambda r: r["attacked"].get("errors", {}).get("non_2xx", 0)
+        ),
     }
 
 
@@ -522,12 +534,50 @@ def attack_section(records: list[dict[str, Any]], duration_s: int) -> list[str]:
     return [*lines, *_failures(records)]
 
 
+def crowded_section(records: list[dict[str, Any]], duration_s: int) -> list[str]:
+    if not records:
+        return []
+    f = scenario_figures({"crowded": records})
+    lines = [
+        "## Under attack beside 1,024 connections",
+        "",
+        "Not a goal of issue 7: the attack above, with wrk's 1,024 keep-alive connections "
+        "instead of 64. There more requests are in flight than hardserve prepares at once "
+        "(`pool_prepared_max`, 128: the rest wait, unread, for their turn), so this shows "
+        "whether the attackers' heads, which never end, take the places of the load's. wrk "
+        f"loads `/` with 1,024 connections (1 s warm-up, {duration_s} s measured), then "
+        "`bench/attack.py slow` opens the 1,000 slowloris and 200 slow readers as above and "
+        "wrk loads `/` again the same way. Each server's connection limits are raised as in "
+        "the 1,024-connection section, and so that 2,224 connections fit (hardserve's "
+        "`connections_max` is 2,048 by default).",
+        "",
+        "```sh",
+        *_commands(records),
+        "```",
+        "",
+        "| server | req/s unloaded, 1,024 conns | req/s under attack | under attack ÷ unloaded "
+        "| p99 under attack | non-2xx under attack | errors under attack (all rounds) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for s in _servers(f["rps_crowded_unloaded"]):
+        lines.append(
+            f"| {_label(s)} | {_fmt(f['rps_crowded_unloaded'][s])} "
+            f"| {_fmt(f['rps_crowded_attacked'].get(s, NAN))} "
+            f"| {_fmt(f['ratio_crowded'].get(s, NAN), 2)} "
+            f"| {_fmt(f['p99_crowded_attacked'].get(s, NAN), 1, 'ms')} "
+            f"| {_fmt(f['crowded_non2xx'].get(s, NAN))} "
+            f"| {_summed_errors(records, s, 'attacked')} |"
+        )
+    return [*lines, "", *_failures(records)]
+
+
 def scenario_sections(scenarios: Scenarios, duration_s: int, idle_count: int) -> list[str]:
     return [
         *concurrency_section(scenarios.get("concurrency", []), duration_s),
         *workers_section(scenarios.get("workers", []), duration_s),
         *memory_section(scenarios.get("memory", []), idle_count),
         *attack_section(scenarios.get("attack", []), duration_s),
+        *crowded_section(scenarios.get("crowded", []), duration_s),
     ]
 
 

@@ -470,7 +470,8 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         "",
         "granian runs its WSGI interface with 8 blocking threads, the same count as the "
         "others' app threads, and HTTP/1 only. The scenarios of issue 7 (1,024 connections, "
-        "two workers, memory, attack) have their own sections and commands below.",
+        "two workers, memory, attack, and the attack beside 1,024 connections) have their "
+        "own sections and commands below.",
         "",
         "Commands (`PORT` is a free port picked per process, `APP` one of hello, json, echo, "
         "big, stream, fresh, sleep):",

@@ -7,6 +7,9 @@
   each had one answer (bench/attack.py idle); the difference over the connections.
 - attack: hello with keep-alive, without and then with 1,000 slowloris and 200 slow-reader
   connections held open by bench/attack.py slow from other loopback addresses.
+- crowded: the same attack beside 1,024 wrk connections instead of 64, where more requests are
+  in flight than a busy server prepares at once (hardserve's pool_prepared_max), so that the
+  attackers compete with the load for the places of requests that wait.
 
 Each returns one record per server and round; bench/report.py takes the medians.
 """
@@ -36,7 +39,7 @@ from bench.bench import (
     settle,
 )
 
-SCENARIOS = ("concurrency", "workers", "memory", "attack")
+SCENARIOS = ("concurrency", "workers", "memory", "attack", "crowded")
 HIGH_CONNECTIONS = 1024
 IDLE_CONNECTIONS = 2000
 SLOWLORIS = 1000
@@ -62,6 +65,14 @@ IDLE_EXTRA: dict[str, tuple[str, ...]] = {
     "hardserve": ("--keepalive-timeout-s", "60"),
     "gunicorn": ("--worker-connections", "4096", "--keep-alive", "60"),
     # channel_timeout is 120 s already.
+    "waitress": ("--connection-limit=4096", "--asyncore-use-poll"),
+    "granian": (),
+}
+# The crowded attack: wrk's 1,024 connections from 127.0.0.1 as in the concurrency scenario, and
+# 1,200 attackers on top, more than hardserve's default connections_max (2,048) takes in all.
+CROWDED_EXTRA: dict[str, tuple[str, ...]] = {
+    "hardserve": ("--client-connections-max", "2048", "--connections-max", "4096"),
+    "gunicorn": ("--worker-connections", "4096"),
     "waitress": ("--connection-limit=4096", "--asyncore-use-poll"),
     "granian": (),
 }
@@ -361,7 +372,7 @@ ATTACK_PHASES = (
 
 
 def _attacked_load(
-    ctx: Context, server: Server, slowloris: int, slow_readers: int
+    ctx: Context, server: Server, slowloris: int, slow_readers: int, connections: int = 64
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, int]]:
     """Holds the attackers open, loads hello meanwhile; (load, ready, done, worker memory)."""
     holder = Holder(
@@ -383,7 +394,13 @@ def _attacked_load(
         ready = holder.ready()
         # The server is busy with the attackers: waiting for it to go quiet is moot.
         try:
-            result = load(server, duration_s=ctx.duration_s, warmup_s=ctx.warmup_s, settling=False)
+            result = load(
+                server,
+                duration_s=ctx.duration_s,
+                warmup_s=ctx.warmup_s,
+                connections=connections,
+                settling=False,
+            )
         except RuntimeError as exc:
             # wrk gave no summary at all: nothing was served.
             result = {"rps": 0.0, "failure": str(exc)}
@@ -438,7 +455,51 @@ def attack(ctx: Context) -> list[dict[str, Any]]:
     return records
 
 
-RUNNERS = {"concurrency": concurrency, "workers": workers, "memory": memory, "attack": attack}
+def crowded(ctx: Context) -> list[dict[str, Any]]:
+    records = []
+    for round_no in range(1, ctx.rounds + 1):
+        for name in ctx.wanted(tuple(CROWDED_EXTRA)):
+            server, record = ctx.start("crowded", name, "attack", round_no, CROWDED_EXTRA[name])
+            try:
+                server.wait_ready()
+                sanity_check(server)
+                record["unloaded"] = load(
+                    server,
+                    duration_s=ctx.duration_s,
+                    warmup_s=ctx.warmup_s,
+                    connections=HIGH_CONNECTIONS,
+                    settling=ctx.settling,
+                )
+                base = record["unloaded"]["rps"]
+                result, ready, done, memory = _attacked_load(
+                    ctx, server, SLOWLORIS, SLOW_READERS, HIGH_CONNECTIONS
+                )
+                record["attacked"] = result
+                record["attack_ready"] = ready
+                record["attack_done"] = done
+                record["attacked_memory"] = memory
+                record["ratio"] = result["rps"] / base if base else float("nan")
+                _say(
+                    record,
+                    f"{base:8.0f} req/s unloaded at {HIGH_CONNECTIONS}; under attack "
+                    f"{result['rps']:8.0f} ({record['ratio']:.2f}); attackers {ready}",
+                )
+            except _FAILURES as exc:
+                record["failure"] = f"{type(exc).__name__}: {exc}"
+                _say(record, f"FAILED {exc}")
+            finally:
+                _finish(server, record)
+                records.append(record)
+    return records
+
+
+RUNNERS = {
+    "concurrency": concurrency,
+    "workers": workers,
+    "memory": memory,
+    "attack": attack,
+    "crowded": crowded,
+}
 
 
 def run_scenarios(ctx: Context, names: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
