@@ -126,12 +126,29 @@ def _verdict(ok: bool | None) -> str:
     return "**met**" if ok else "**not met**"
 
 
+def _floor_note(ratio: float) -> str:
+    if math.isnan(ratio):
+        return ""
+    return f"; bare uvloop, parsing nothing (Floor, below) {_fmt(ratio, 2)}"
+
+
 def _peers(figures: dict[str, float], fmt: Callable[[float], str], skip: str = "hardserve") -> str:
     parts = [f"{_label(s)} {fmt(figures[s])}" for s in _servers(figures) if s != skip]
     return "; ".join(parts) if parts else "—"
 
 
-def goals_table(summary: Summary, scenarios: Scenarios) -> list[str]:
+def floor_ratio_1024(floor: dict[str, Any] | None) -> float:
+    """The bare uvloop protocol's req/s at 1,024 connections over its req/s at 64, from
+    bench/floor.py in the same run: what an answer that parses nothing keeps on this machine."""
+    if not floor:
+        return NAN
+    rps = {row["case"]: row["rps"] for row in floor.get("rows", []) if row["variant"] == "bare"}
+    return _div(rps.get("keep-alive, 1,024", NAN), rps.get("keep-alive, 64", NAN))
+
+
+def goals_table(
+    summary: Summary, scenarios: Scenarios, floor: dict[str, Any] | None = None
+) -> list[str]:
     f = scenario_figures(scenarios)
     rows: list[tuple[str, str, str, bool | None]] = []
 
@@ -200,7 +217,7 @@ def goals_table(summary: Summary, scenarios: Scenarios) -> list[str]:
             "1,024 keep-alive connections, 1 worker: req/s ≥ 0.9 x the 64-connection figure",
             f"{_fmt(ratio, 2)} ({_fmt(f['rps_1024'].get('hardserve', NAN))} against "
             f"{_fmt(f['rps_64'].get('hardserve', NAN))} req/s)",
-            _peers(f["ratio_1024"], lambda v: _fmt(v, 2)),
+            _peers(f["ratio_1024"], lambda v: _fmt(v, 2)) + _floor_note(floor_ratio_1024(floor)),
             None if math.isnan(ratio) else ratio >= 0.9,
         )
     )

@@ -425,7 +425,7 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
             "only; `make bench` on a quiet machine gives the ones to quote.",
             "",
         ]
-    lines += goals_table(summary, scenarios)
+    lines += goals_table(summary, scenarios, raw.get("floor"))
     lines += [
         "Behaviour of hardserve seen while building this benchmark, with reproductions: "
         "[NOTES.md](NOTES.md). Rerun everything with `make bench` (or `bench/run.sh`; "
