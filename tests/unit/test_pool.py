@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -24,6 +25,16 @@ def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
         yield loop
     finally:
         loop.close()
+
+
+class Turn:
+    """A request waiting for room, as the pool sees a connection: `run` in its turn."""
+
+    def __init__(self, run: Callable[[], None]) -> None:
+        self.run = run
+
+    def take_turn(self) -> None:
+        self.run()
 
 
 def run_on_loop(
@@ -163,7 +174,7 @@ def test_requests_past_prepared_max_wait_and_are_let_in_by_arrival_as_calls_end(
             prepare(name)()
         for name in ("a", "b", "c"):
             waits_at[name] = pool.must_wait()
-            pool.wait_for_room(name, prepare(name))
+            pool.wait_for_room(Turn(prepare(name)))
         counts.append((pool.in_flight, pool.waiting, pool.queued))
         release.set()
 
@@ -192,9 +203,10 @@ def test_a_waiting_request_counts_against_threads_plus_backlog(
     def start(done: asyncio.Future[None]) -> None:
         assert pool.submit(lambda: release.wait(TIMEOUT_S))
         seen.append(pool.must_wait())
-        pool.wait_for_room("waiting", lambda: None)
+        waiting = Turn(lambda: seen.append("withdrawn, yet its turn came"))
+        pool.wait_for_room(waiting)
         seen.extend([pool.must_wait(), pool.submit(lambda: None)])
-        seen.extend([pool.stop_waiting("waiting"), pool.stop_waiting("waiting")])
+        pool.stop_waiting(waiting)
         seen.extend([pool.waiting, pool.submit(lambda: None)])
         done.set_result(None)
 
@@ -203,7 +215,49 @@ def test_a_waiting_request_counts_against_threads_plus_backlog(
     finally:
         release.set()
         pool.stop(TIMEOUT_S)
-    assert seen == [True, False, False, True, False, 0, True]
+    assert seen == [True, False, False, 0, True]
+
+
+def test_a_withdrawn_request_loses_its_place_wherever_it_stood(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Withdrawn from the middle of the line, a request is skipped when its turn comes and the
+    one behind it goes in its place; one that waits again goes to the end of the line."""
+    pool = Pool(1, 10, prepared_max=1)
+    pool.start(loop)
+    release = threading.Event()
+    let_in: list[str] = []
+    seen: list[object] = []
+
+    def start(done: asyncio.Future[None]) -> None:
+        def turn(name: str) -> Turn:
+            def run() -> None:
+                let_in.append(name)
+                if name == "a":
+                    done.set_result(None)
+
+            return Turn(run)
+
+        seen.append(pool.submit(lambda: release.wait(TIMEOUT_S)))
+        a, b, c, d = turn("a"), turn("b"), turn("c"), turn("d")
+        for waiter in (a, b, c, d):
+            pool.wait_for_room(waiter)
+        pool.stop_waiting(b)
+        pool.stop_waiting(a)
+        seen.append(pool.waiting)
+        pool.wait_for_room(a)  # back in the line before its old place came up
+        seen.append(pool.waiting)
+        pool.job_done()  # the running call ends; none of the waiting ones submits
+
+    try:
+        run_on_loop(loop, start)
+    finally:
+        release.set()
+        pool.stop(TIMEOUT_S)
+    assert seen == [True, 2, 3]
+    assert let_in == ["c", "d", "a"]
+    assert pool.waiting == 0
+    assert pool.queued == 0
 
 
 def test_a_call_ended_outside_a_drain_lets_the_next_request_in_on_the_next_turn(
@@ -227,8 +281,8 @@ def test_a_call_ended_outside_a_drain_lets_the_next_request_in_on_the_next_turn(
             return run
 
         seen.append(pool.submit(lambda: release.wait(TIMEOUT_S)))
-        pool.wait_for_room("a", prepare("a"))
-        pool.wait_for_room("b", prepare("b"))
+        pool.wait_for_room(Turn(prepare("a")))
+        pool.wait_for_room(Turn(prepare("b")))
         pool.job_done()  # as _withdraw_queued_call does
         seen.append(list(let_in))  # not inside the caller's turn
         # There is room now, but a new request still goes behind the waiting ones.
@@ -242,6 +296,21 @@ def test_a_call_ended_outside_a_drain_lets_the_next_request_in_on_the_next_turn(
     assert seen == [True, [], True]
     # "a" prepared nothing, so there was room for "b" too.
     assert let_in == ["a", "b"]
+    assert pool.waiting == 0
+
+
+def test_a_line_of_withdrawn_requests_keeps_none_of_them_alive() -> None:
+    """Once every request in the line has been withdrawn (their connections closed), the pool
+    holds no reference to any of them, though no turn has come to drop their places."""
+    pool = Pool(1, 10, prepared_max=1)
+    waiters = [Turn(lambda: None) for _ in range(3)]
+    refs = [weakref.ref(waiter) for waiter in waiters]
+    for waiter in waiters:
+        pool.wait_for_room(waiter)
+    for waiter in waiters:
+        pool.stop_waiting(waiter)
+    del waiters, waiter
+    assert [ref() for ref in refs] == [None, None, None]
     assert pool.waiting == 0
 
 

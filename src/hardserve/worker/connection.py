@@ -521,7 +521,7 @@ class HttpConnection(asyncio.Protocol):
         """Before a request is read: whether it waits for room in the pool, unread, because the
         pool has all the calls it prepares at once (Pool.must_wait). Only a whole head waits
         (its empty line has arrived): half a head is read as usual, and holds no place in the
-        queue while its client takes its time. In its turn (_take_turn) it is read."""
+        queue while its client takes its time. In its turn (take_turn) it is read."""
         if self._waited_since:
             if self._waiting and self._parser.buffered_bytes > self._limits.pipeline_buffer_bytes:
                 self._pause_reading()
@@ -530,10 +530,10 @@ class HttpConnection(asyncio.Protocol):
             return False
         self._waiting = True
         self._waited_since = time.monotonic()
-        self._pool.wait_for_room(self, self._take_turn)
+        self._pool.wait_for_room(self)
         return True
 
-    def _take_turn(self) -> None:
+    def take_turn(self) -> None:
         """The pool has room (Pool._admit_waiting): read the request and prepare its call.
         While it runs, _waited_since says the turn is taken (the request does not queue again
         behind those still waiting); reading the head clears it, and so does the end of the

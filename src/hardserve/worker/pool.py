@@ -38,13 +38,21 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 _log = logging.getLogger("hardserve.error")
 
 Job = Callable[[], None]
+
+
+class Waiter(Protocol):
+    """A request waiting for room (Pool.wait_for_room): its connection, which reads and
+    prepares it in its turn."""
+
+    def take_turn(self) -> None: ...
+
 
 # How long a thread waiting for the loop to take a burst waits with no burst taken at all
 # before it goes on by itself (Pool._wait_for_bursts). The loop takes one at least every switch
@@ -69,10 +77,13 @@ class Pool:
         self._limit = threads + backlog_max
         self.in_flight = 0
         # Loop side: the requests waiting for in_flight to fall below _prepared_max (0: none
-        # wait), each as its connection's token and the function that reads and prepares it.
-        # Fewer than `threads` would leave threads idle while requests wait.
+        # wait), in arrival order. Fewer than `threads` would leave threads idle while requests
+        # wait. A withdrawn one keeps its place in the line, listed in _withdrawn, and is
+        # dropped when its turn comes: withdrawing is O(1) even for a request deep in the line
+        # (requests shed together, or clients that reset), and the line is a plain deque.
         self._prepared_max = max(prepared_max, threads) if prepared_max else 0
-        self._waiting: OrderedDict[object, Job] = OrderedDict()
+        self._waiting: deque[Waiter] = deque()
+        self._withdrawn: set[Waiter] = set()
         self._admitting = False  # inside _admit_waiting, or a call of it is scheduled
         # Submitted during the loop's current turn, handed over by _hand_over at its end.
         self._submitted: list[Job] = []
@@ -117,28 +128,40 @@ class Pool:
         """Whether a new request waits for room (wait_for_room) before it is read: the pool has
         `prepared_max` calls, or requests wait already (they go first). A saturated pool says
         no: the request is read and refused by submit."""
-        waiting = len(self._waiting)
+        waiting = len(self._waiting) - len(self._withdrawn)
         if self.in_flight + waiting >= self._limit:
             return False
         return waiting > 0 or (self._prepared_max > 0 and self.in_flight >= self._prepared_max)
 
-    def wait_for_room(self, token: object, prepare: Job) -> None:
-        """Run `prepare` when the calls admitted before it leave room, in arrival order. It
-        submits at most one call."""
-        self._waiting[token] = prepare
+    def wait_for_room(self, waiter: Waiter) -> None:
+        """Call `waiter.take_turn()` when the calls admitted before it leave room, in arrival
+        order. It submits at most one call."""
+        if self._withdrawn and waiter in self._withdrawn:
+            # Back in the line before its withdrawn place came up: that place goes.
+            self._withdrawn.discard(waiter)
+            self._waiting.remove(waiter)
+        self._waiting.append(waiter)
 
-    def stop_waiting(self, token: object) -> bool:
-        """Withdraw a waiting request (its connection closed, or it waited too long)."""
-        return self._waiting.pop(token, None) is not None
+    def stop_waiting(self, waiter: Waiter) -> None:
+        """Withdraw a waiting request (its connection closed, or it waited too long); it
+        must be waiting."""
+        self._withdrawn.add(waiter)
+        if len(self._withdrawn) == len(self._waiting):  # nobody left in the line
+            self._withdrawn.clear()
+            self._waiting.clear()
 
     def _admit_waiting(self) -> None:
         waiting = self._waiting
+        withdrawn = self._withdrawn
         self._admitting = True
         try:
             while waiting and self.in_flight < self._prepared_max:
-                _token, prepare = waiting.popitem(last=False)
+                waiter = waiting.popleft()
+                if withdrawn and waiter in withdrawn:
+                    withdrawn.discard(waiter)
+                    continue
                 try:
-                    prepare()
+                    waiter.take_turn()
                 except Exception:
                     _log.exception("error preparing a waiting request")
         finally:
@@ -146,7 +169,7 @@ class Pool:
 
     def submit(self, job: Job) -> bool:
         """Queue a call; False when the pool is saturated (the caller answers 503)."""
-        if self.in_flight + len(self._waiting) >= self._limit:
+        if self.in_flight + len(self._waiting) - len(self._withdrawn) >= self._limit:
             return False
         self.in_flight += 1
         submitted = self._submitted
@@ -194,12 +217,12 @@ class Pool:
     def queued(self) -> int:
         """Requests no thread has taken yet: queued jobs (a withdrawn call among them until a
         thread drops it, which a free thread does at once) and requests waiting for room."""
-        return len(self._jobs) + len(self._submitted) + len(self._waiting)
+        return len(self._jobs) + len(self._submitted) + self.waiting
 
     @property
     def waiting(self) -> int:
         """Requests waiting for room, unread (wait_for_room)."""
-        return len(self._waiting)
+        return len(self._waiting) - len(self._withdrawn)
 
     def stop(self, timeout: float | None = None) -> None:
         with self._lock:
