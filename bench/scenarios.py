@@ -23,6 +23,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -248,31 +249,33 @@ def _say(record: dict[str, Any], text: str) -> None:
 _FAILURES = (RuntimeError, OSError, http.client.HTTPException, json.JSONDecodeError)
 
 
-def concurrency(ctx: Context) -> list[dict[str, Any]]:
+Measure = Callable[[Context, Server, dict[str, Any]], str]
+
+
+def _each_round(
+    ctx: Context,
+    scenario: str,
+    servers: tuple[str, ...],
+    measure: Measure,
+    *,
+    app: str = "hello",
+    extra: dict[str, tuple[str, ...]] | None = None,
+    workers: int = 1,
+    cores: str | None = "0",
+) -> list[dict[str, Any]]:
+    """Each round, each wanted server in turn: start it, check that it answers, `measure` it
+    into its record (which returns the line to print), stop it. A round that fails is recorded
+    as failed, and the run goes on."""
     records = []
     for round_no in range(1, ctx.rounds + 1):
-        for name in ctx.wanted(tuple(CONCURRENCY_EXTRA)):
+        for name in ctx.wanted(servers):
             server, record = ctx.start(
-                "concurrency", name, "hello", round_no, CONCURRENCY_EXTRA[name]
+                scenario, name, app, round_no, (extra or {}).get(name, ()), workers, cores
             )
             try:
                 server.wait_ready()
                 sanity_check(server)
-                for key, connections in (("low", 64), ("high", HIGH_CONNECTIONS)):
-                    record[key] = load(
-                        server,
-                        duration_s=ctx.duration_s,
-                        warmup_s=ctx.warmup_s,
-                        connections=connections,
-                        settling=ctx.settling,
-                    )
-                    record[key]["worker_memory"] = server.worker_memory()
-                low, high = record["low"], record["high"]
-                _say(
-                    record,
-                    f"{low['rps']:8.0f} req/s at 64, {high['rps']:8.0f} at {HIGH_CONNECTIONS} "
-                    f"(p50 {high['latency_p50_ms']:.1f} ms, p99 {high['latency_p99_ms']:.1f} ms)",
-                )
+                _say(record, measure(ctx, server, record))
             except _FAILURES as exc:
                 record["failure"] = f"{type(exc).__name__}: {exc}"
                 _say(record, f"FAILED {exc}")
@@ -280,87 +283,91 @@ def concurrency(ctx: Context) -> list[dict[str, Any]]:
                 _finish(server, record)
                 records.append(record)
     return records
+
+
+def _measure_concurrency(ctx: Context, server: Server, record: dict[str, Any]) -> str:
+    for key, connections in (("low", 64), ("high", HIGH_CONNECTIONS)):
+        record[key] = load(
+            server,
+            duration_s=ctx.duration_s,
+            warmup_s=ctx.warmup_s,
+            connections=connections,
+            settling=ctx.settling,
+        )
+        record[key]["worker_memory"] = server.worker_memory()
+    low, high = record["low"], record["high"]
+    return (
+        f"{low['rps']:8.0f} req/s at 64, {high['rps']:8.0f} at {HIGH_CONNECTIONS} "
+        f"(p50 {high['latency_p50_ms']:.1f} ms, p99 {high['latency_p99_ms']:.1f} ms)"
+    )
+
+
+def concurrency(ctx: Context) -> list[dict[str, Any]]:
+    return _each_round(
+        ctx,
+        "concurrency",
+        tuple(CONCURRENCY_EXTRA),
+        _measure_concurrency,
+        extra=CONCURRENCY_EXTRA,
+    )
+
+
+def _measure_workers(ctx: Context, server: Server, record: dict[str, Any]) -> str:
+    record["load"] = load(
+        server,
+        duration_s=ctx.duration_s,
+        warmup_s=ctx.warmup_s,
+        connections=64,
+        threads=2,
+        cores=None,
+        settling=ctx.settling,
+    )
+    record["workers"] = server.worker_memory()["workers"]
+    return f"{record['load']['rps']:8.0f} req/s, 2 workers unpinned"
 
 
 def workers(ctx: Context) -> list[dict[str, Any]]:
-    records = []
-    for round_no in range(1, ctx.rounds + 1):
-        for name in ctx.wanted(WORKER_SERVERS):
-            server, record = ctx.start("workers", name, "hello", round_no, workers=2, cores=None)
-            try:
-                server.wait_ready()
-                sanity_check(server)
-                record["load"] = load(
-                    server,
-                    duration_s=ctx.duration_s,
-                    warmup_s=ctx.warmup_s,
-                    connections=64,
-                    threads=2,
-                    cores=None,
-                    settling=ctx.settling,
-                )
-                record["workers"] = server.worker_memory()["workers"]
-                _say(record, f"{record['load']['rps']:8.0f} req/s, 2 workers unpinned")
-            except _FAILURES as exc:
-                record["failure"] = f"{type(exc).__name__}: {exc}"
-                _say(record, f"FAILED {exc}")
-            finally:
-                _finish(server, record)
-                records.append(record)
-    return records
+    return _each_round(ctx, "workers", WORKER_SERVERS, _measure_workers, workers=2, cores=None)
+
+
+def _measure_memory(ctx: Context, server: Server, record: dict[str, Any]) -> str:
+    time.sleep(0.5)
+    record["idle"] = server.worker_memory()
+    holder = Holder(
+        [
+            "idle",
+            "--port",
+            str(server.port),
+            "--count",
+            str(IDLE_CONNECTIONS),
+            "--per-address",
+            str(PER_ADDRESS),
+        ]
+    )
+    try:
+        record["client_ready"] = holder.ready()
+        record["held"] = server.worker_memory()
+        record["client_done"] = holder.done()
+    finally:
+        holder.kill()
+    if server.process.poll() is not None:
+        raise RuntimeError(f"{server.name} exited with {server.process.returncode}")
+    # Connections answered and still open when the RSS was read.
+    answered = min(
+        record["client_ready"].get("answered", 0),
+        record["client_ready"].get("open", IDLE_CONNECTIONS),
+    )
+    delta_kib = record["held"]["rss_kib"] - record["idle"]["rss_kib"]
+    record["bytes_per_connection"] = delta_kib * 1024 / answered if answered else float("nan")
+    return (
+        f"idle worker {record['idle']['rss_kib'] / 1024:.1f} MiB, "
+        f"{record['bytes_per_connection']:,.0f} B per idle connection "
+        f"({answered} answered, {record['client_done'].get('still_open')} open)"
+    )
 
 
 def memory(ctx: Context) -> list[dict[str, Any]]:
-    records = []
-    for round_no in range(1, ctx.rounds + 1):
-        for name in ctx.wanted(tuple(IDLE_EXTRA)):
-            server, record = ctx.start("memory", name, "hello", round_no, IDLE_EXTRA[name])
-            holder = None
-            try:
-                server.wait_ready()
-                sanity_check(server)
-                time.sleep(0.5)
-                record["idle"] = server.worker_memory()
-                holder = Holder(
-                    [
-                        "idle",
-                        "--port",
-                        str(server.port),
-                        "--count",
-                        str(IDLE_CONNECTIONS),
-                        "--per-address",
-                        str(PER_ADDRESS),
-                    ]
-                )
-                record["client_ready"] = holder.ready()
-                record["held"] = server.worker_memory()
-                record["client_done"] = holder.done()
-                if server.process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {server.process.returncode}")
-                # Connections answered and still open when the RSS was read.
-                answered = min(
-                    record["client_ready"].get("answered", 0),
-                    record["client_ready"].get("open", IDLE_CONNECTIONS),
-                )
-                delta_kib = record["held"]["rss_kib"] - record["idle"]["rss_kib"]
-                record["bytes_per_connection"] = (
-                    delta_kib * 1024 / answered if answered else float("nan")
-                )
-                _say(
-                    record,
-                    f"idle worker {record['idle']['rss_kib'] / 1024:.1f} MiB, "
-                    f"{record['bytes_per_connection']:,.0f} B per idle connection "
-                    f"({answered} answered, {record['client_done'].get('still_open')} open)",
-                )
-            except _FAILURES as exc:
-                record["failure"] = f"{type(exc).__name__}: {exc}"
-                _say(record, f"FAILED {exc}")
-            finally:
-                if holder is not None:
-                    holder.kill()
-                _finish(server, record)
-                records.append(record)
-    return records
+    return _each_round(ctx, "memory", tuple(IDLE_EXTRA), _measure_memory, extra=IDLE_EXTRA)
 
 
 # The attack as the goal states it, then each half alone, to tell which one costs what.
@@ -411,86 +418,61 @@ def _attacked_load(
     return result, ready, done, memory
 
 
+def _measure_attack(ctx: Context, server: Server, record: dict[str, Any]) -> str:
+    record["unloaded"] = load(
+        server, duration_s=ctx.duration_s, warmup_s=ctx.warmup_s, settling=ctx.settling
+    )
+    base = record["unloaded"]["rps"]
+    for key, slowloris, slow_readers in ATTACK_PHASES:
+        result, ready, done, memory = _attacked_load(ctx, server, slowloris, slow_readers)
+        suffix = "" if key == "attacked" else "_" + key
+        record[key] = result
+        record["attack_ready" + suffix] = ready
+        record["attack_done" + suffix] = done
+        record["attacked_memory" + suffix] = memory
+        record["ratio" + suffix] = result["rps"] / base if base else float("nan")
+        # Let the server finish with the attackers before the next phase.
+        settle(server, ctx.settling)
+    return (
+        f"{base:8.0f} req/s unloaded; under attack {record['attacked']['rps']:8.0f} "
+        f"({record['ratio']:.2f}), slowloris only "
+        f"{record['ratio_slowloris_only']:.2f}, slow readers only "
+        f"{record['ratio_slow_readers_only']:.2f}; attackers "
+        f"{record['attack_ready']}"
+    )
+
+
 def attack(ctx: Context) -> list[dict[str, Any]]:
-    records = []
-    for round_no in range(1, ctx.rounds + 1):
-        for name in ctx.wanted(ATTACK_SERVERS):
-            server, record = ctx.start("attack", name, "attack", round_no)
-            try:
-                server.wait_ready()
-                sanity_check(server)
-                record["unloaded"] = load(
-                    server,
-                    duration_s=ctx.duration_s,
-                    warmup_s=ctx.warmup_s,
-                    settling=ctx.settling,
-                )
-                base = record["unloaded"]["rps"]
-                for key, slowloris, slow_readers in ATTACK_PHASES:
-                    result, ready, done, memory = _attacked_load(
-                        ctx, server, slowloris, slow_readers
-                    )
-                    suffix = "" if key == "attacked" else "_" + key
-                    record[key] = result
-                    record["attack_ready" + suffix] = ready
-                    record["attack_done" + suffix] = done
-                    record["attacked_memory" + suffix] = memory
-                    record["ratio" + suffix] = result["rps"] / base if base else float("nan")
-                    # Let the server finish with the attackers before the next phase.
-                    settle(server, ctx.settling)
-                _say(
-                    record,
-                    f"{base:8.0f} req/s unloaded; under attack {record['attacked']['rps']:8.0f} "
-                    f"({record['ratio']:.2f}), slowloris only "
-                    f"{record['ratio_slowloris_only']:.2f}, slow readers only "
-                    f"{record['ratio_slow_readers_only']:.2f}; attackers "
-                    f"{record['attack_ready']}",
-                )
-            except _FAILURES as exc:
-                record["failure"] = f"{type(exc).__name__}: {exc}"
-                _say(record, f"FAILED {exc}")
-            finally:
-                _finish(server, record)
-                records.append(record)
-    return records
+    return _each_round(ctx, "attack", ATTACK_SERVERS, _measure_attack, app="attack")
+
+
+def _measure_crowded(ctx: Context, server: Server, record: dict[str, Any]) -> str:
+    record["unloaded"] = load(
+        server,
+        duration_s=ctx.duration_s,
+        warmup_s=ctx.warmup_s,
+        connections=HIGH_CONNECTIONS,
+        settling=ctx.settling,
+    )
+    base = record["unloaded"]["rps"]
+    result, ready, done, memory = _attacked_load(
+        ctx, server, SLOWLORIS, SLOW_READERS, HIGH_CONNECTIONS
+    )
+    record["attacked"] = result
+    record["attack_ready"] = ready
+    record["attack_done"] = done
+    record["attacked_memory"] = memory
+    record["ratio"] = result["rps"] / base if base else float("nan")
+    return (
+        f"{base:8.0f} req/s unloaded at {HIGH_CONNECTIONS}; under attack "
+        f"{result['rps']:8.0f} ({record['ratio']:.2f}); attackers {ready}"
+    )
 
 
 def crowded(ctx: Context) -> list[dict[str, Any]]:
-    records = []
-    for round_no in range(1, ctx.rounds + 1):
-        for name in ctx.wanted(tuple(CROWDED_EXTRA)):
-            server, record = ctx.start("crowded", name, "attack", round_no, CROWDED_EXTRA[name])
-            try:
-                server.wait_ready()
-                sanity_check(server)
-                record["unloaded"] = load(
-                    server,
-                    duration_s=ctx.duration_s,
-                    warmup_s=ctx.warmup_s,
-                    connections=HIGH_CONNECTIONS,
-                    settling=ctx.settling,
-                )
-                base = record["unloaded"]["rps"]
-                result, ready, done, memory = _attacked_load(
-                    ctx, server, SLOWLORIS, SLOW_READERS, HIGH_CONNECTIONS
-                )
-                record["attacked"] = result
-                record["attack_ready"] = ready
-                record["attack_done"] = done
-                record["attacked_memory"] = memory
-                record["ratio"] = result["rps"] / base if base else float("nan")
-                _say(
-                    record,
-                    f"{base:8.0f} req/s unloaded at {HIGH_CONNECTIONS}; under attack "
-                    f"{result['rps']:8.0f} ({record['ratio']:.2f}); attackers {ready}",
-                )
-            except _FAILURES as exc:
-                record["failure"] = f"{type(exc).__name__}: {exc}"
-                _say(record, f"FAILED {exc}")
-            finally:
-                _finish(server, record)
-                records.append(record)
-    return records
+    return _each_round(
+        ctx, "crowded", tuple(CROWDED_EXTRA), _measure_crowded, app="attack", extra=CROWDED_EXTRA
+    )
 
 
 RUNNERS = {
