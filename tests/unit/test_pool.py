@@ -314,6 +314,24 @@ def test_a_line_of_withdrawn_requests_keeps_none_of_them_alive() -> None:
     assert pool.waiting == 0
 
 
+def test_closed_connections_do_not_pile_up_behind_a_request_that_waits_long() -> None:
+    """While the first request in the line waits (every thread stuck, no turn comes), clients
+    that send a whole head and reset, again and again, leave at most one withdrawn place behind
+    it: the line holds at most twice the requests that wait."""
+    pool = Pool(1, 10, prepared_max=1)
+    first = Turn(lambda: None)
+    pool.wait_for_room(first)
+    refs = []
+    for _ in range(100):
+        waiter = Turn(lambda: None)
+        refs.append(weakref.ref(waiter))
+        pool.wait_for_room(waiter)
+        pool.stop_waiting(waiter)
+    del waiter
+    assert sum(ref() is not None for ref in refs) <= 1
+    assert pool.waiting == 1
+
+
 @pytest.mark.parametrize(("prepared_max", "waits_after"), [(2, 4), (0, None)])
 def test_prepared_max_is_at_least_the_threads_and_0_never_waits(
     loop: asyncio.AbstractEventLoop, prepared_max: int, waits_after: int | None

@@ -78,9 +78,10 @@ class Pool:
         self.in_flight = 0
         # Loop side: the requests waiting for in_flight to fall below _prepared_max (0: none
         # wait), in arrival order. Fewer than `threads` would leave threads idle while requests
-        # wait. A withdrawn one keeps its place in the line, listed in _withdrawn, and is
-        # dropped when its turn comes: withdrawing is O(1) even for a request deep in the line
-        # (requests shed together, or clients that reset), and the line is a plain deque.
+        # wait. A withdrawn one keeps its place in the line, listed in _withdrawn, until its
+        # turn comes or withdrawn places outnumber the others (stop_waiting): withdrawing is
+        # O(1) on average even for a request deep in the line (requests shed together, or
+        # clients that reset), and the line is a plain deque.
         self._prepared_max = max(prepared_max, threads) if prepared_max else 0
         self._waiting: deque[Waiter] = deque()
         self._withdrawn: set[Waiter] = set()
@@ -145,10 +146,19 @@ class Pool:
     def stop_waiting(self, waiter: Waiter) -> None:
         """Withdraw a waiting request (its connection closed, or it waited too long); it
         must be waiting."""
-        self._withdrawn.add(waiter)
-        if len(self._withdrawn) == len(self._waiting):  # nobody left in the line
-            self._withdrawn.clear()
-            self._waiting.clear()
+        withdrawn = self._withdrawn
+        withdrawn.add(waiter)
+        if len(withdrawn) * 2 > len(self._waiting):
+            # More places withdrawn than held: drop them now (in place, as _admit_waiting may
+            # be walking the line). Closed connections cannot then pile up behind a request
+            # that waits long, say while every thread is stuck in the app and clients send and
+            # reset; the line holds at most twice the requests that wait, and each withdrawal
+            # costs O(1) on average.
+            waiting = self._waiting
+            kept = [w for w in waiting if w not in withdrawn]
+            waiting.clear()
+            waiting.extend(kept)
+            withdrawn.clear()
 
     def _admit_waiting(self) -> None:
         waiting = self._waiting
