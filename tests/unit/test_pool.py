@@ -46,6 +46,21 @@ def run_on_loop(
     loop.run_until_complete(asyncio.wait_for(done, TIMEOUT_S))
 
 
+def run_then_stop(
+    loop: asyncio.AbstractEventLoop,
+    pool: Pool,
+    start: Callable[[asyncio.Future[None]], None],
+    release: threading.Event | None = None,
+) -> None:
+    """run_on_loop, then, whatever happened, let the jobs go (`release`) and stop the pool."""
+    try:
+        run_on_loop(loop, start)
+    finally:
+        if release is not None:
+            release.set()
+        pool.stop(TIMEOUT_S)
+
+
 def test_jobs_run_on_the_threads_and_hand_results_back_to_the_loop(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
@@ -73,10 +88,7 @@ def test_jobs_run_on_the_threads_and_hand_results_back_to_the_loop(
         for index in range(count):
             assert pool.submit(job(index))
 
-    try:
-        run_on_loop(loop, start)
-    finally:
-        pool.stop(TIMEOUT_S)
+    run_then_stop(loop, pool, start)
     assert len(ran_on) == count
     assert loop_thread not in ran_on
     assert set(back_on) == {loop_thread}
@@ -109,10 +121,7 @@ def test_jobs_that_block_get_every_thread(loop: asyncio.AbstractEventLoop) -> No
         for _ in range(threads):
             assert pool.submit(run)
 
-    try:
-        run_on_loop(loop, start)
-    finally:
-        pool.stop(TIMEOUT_S)
+    run_then_stop(loop, pool, start)
     assert passed == [True] * threads
 
 
@@ -127,11 +136,7 @@ def test_the_pool_admits_threads_plus_backlog_calls(loop: asyncio.AbstractEventL
             admitted.append(pool.submit(lambda: release.wait(TIMEOUT_S)))
         done.set_result(None)
 
-    try:
-        run_on_loop(loop, start)
-    finally:
-        release.set()
-        pool.stop(TIMEOUT_S)
+    run_then_stop(loop, pool, start, release)
     assert admitted == [True, True, False]
 
 
@@ -178,11 +183,7 @@ def test_requests_past_prepared_max_wait_and_are_let_in_by_arrival_as_calls_end(
         counts.append((pool.in_flight, pool.waiting, pool.queued))
         release.set()
 
-    try:
-        run_on_loop(loop, start)
-    finally:
-        release.set()
-        pool.stop(TIMEOUT_S)
+    run_then_stop(loop, pool, start, release)
     assert waits_at == {"first": False, "second": False, "a": True, "b": True, "c": True}
     assert counts == [(2, 3, 5)]
     assert order == ["first", "second", "a", "b", "c"]
@@ -210,11 +211,7 @@ def test_a_waiting_request_counts_against_threads_plus_backlog(
         seen.extend([pool.waiting, pool.submit(lambda: None)])
         done.set_result(None)
 
-    try:
-        run_on_loop(loop, start)
-    finally:
-        release.set()
-        pool.stop(TIMEOUT_S)
+    run_then_stop(loop, pool, start, release)
     assert seen == [True, False, False, 0, True]
 
 
@@ -249,11 +246,7 @@ def test_a_withdrawn_request_loses_its_place_wherever_it_stood(
         seen.append(pool.waiting)
         pool.job_done()  # the running call ends; none of the waiting ones submits
 
-    try:
-        run_on_loop(loop, start)
-    finally:
-        release.set()
-        pool.stop(TIMEOUT_S)
+    run_then_stop(loop, pool, start, release)
     assert seen == [True, 2, 3]
     assert let_in == ["c", "d", "a"]
     assert pool.waiting == 0
@@ -288,11 +281,7 @@ def test_a_call_ended_outside_a_drain_lets_the_next_request_in_on_the_next_turn(
         # There is room now, but a new request still goes behind the waiting ones.
         seen.append(pool.must_wait())
 
-    try:
-        run_on_loop(loop, start)
-    finally:
-        release.set()
-        pool.stop(TIMEOUT_S)
+    run_then_stop(loop, pool, start, release)
     assert seen == [True, [], True]
     # "a" prepared nothing, so there was room for "b" too.
     assert let_in == ["a", "b"]
@@ -347,11 +336,7 @@ def test_prepared_max_is_at_least_the_threads_and_0_never_waits(
             pool.submit(lambda: release.wait(TIMEOUT_S))
         done.set_result(None)
 
-    try:
-        run_on_loop(loop, start)
-    finally:
-        release.set()
-        pool.stop(TIMEOUT_S)
+    run_then_stop(loop, pool, start, release)
     first_wait = must_wait.index(True) if True in must_wait else None
     assert first_wait == waits_after
 
@@ -417,10 +402,7 @@ def test_batch_end_runs_after_every_hand_off_of_its_batch(
         # everything back, so the four hand-offs surely reach it as one batch.
         loop.call_soon(all_handed.wait, TIMEOUT_S)
 
-    try:
-        run_on_loop(loop, start)
-    finally:
-        pool.stop(TIMEOUT_S)
+    run_then_stop(loop, pool, start)
     assert seen == ["result 0", "result 1", "result 2", "batch end"]
     assert "error at the end of a hand-off batch" in caplog.text
 
@@ -458,10 +440,7 @@ def run_holding_the_loop(
         assert pool.submit(job)
         loop.call_soon(hold, done)
 
-    try:
-        run_on_loop(loop, start)
-    finally:
-        pool.stop(TIMEOUT_S)
+    run_then_stop(loop, pool, start)
 
 
 def run_until_one_wait(
@@ -552,10 +531,7 @@ def test_the_loop_lets_one_waiting_thread_go_per_burst(loop: asyncio.AbstractEve
         assert pool.submit(job("b", 1))
         loop.call_soon(hold_the_loop)
 
-    try:
-        run_on_loop(loop, start)
-    finally:
-        pool.stop(TIMEOUT_S)
+    run_then_stop(loop, pool, start)
     assert went_on == ["a", "b"]
 
 
