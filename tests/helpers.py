@@ -264,6 +264,16 @@ def serve_process(
     command = [sys.executable, "-m", "hardserve", *args]
     if not any(arg.startswith("--bind") for arg in args):
         command += ["--bind", "127.0.0.1:0"]
+    with launch_process(command, env=env, cwd=cwd) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def launch_process(
+    command: list[str], *, env: dict[str, str] | None = None, cwd: str | Path | None = None
+) -> Iterator[ServerProcess]:
+    """Start a hardserve command line exactly as given (the console script, a wrapper), wait
+    for its first listening line, and stop it at the end (stop_process)."""
     process = subprocess.Popen(
         command,
         stderr=subprocess.PIPE,
@@ -293,10 +303,15 @@ def serve_process(
             raise AssertionError("server did not start:\n" + "".join(lines))
         yield ServerProcess(process, found[0][0], found[0][1], lines)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(TIMEOUT_S)
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[str]) -> None:
+    """SIGTERM a process still running and wait for it; kill it if it outlives TIMEOUT_S."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(TIMEOUT_S)

@@ -18,9 +18,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -30,7 +29,14 @@ import hardserve
 from hardserve.http.limits import Limits
 from hardserve.loader import SPEC_MAX_CHARS
 from hardserve.settings import ALL_SETTINGS, Config
-from tests.helpers import ROOT, TIMEOUT_S, ServerProcess, read_responses, serve_process
+from tests.helpers import (
+    ROOT,
+    TIMEOUT_S,
+    ServerProcess,
+    launch_process,
+    read_responses,
+    serve_process,
+)
 
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
@@ -100,52 +106,6 @@ def fetch(server: ServerProcess, path: str = "/") -> Reply:
     return get(server.host, server.port, path)
 
 
-_LISTENING_RE = re.compile(r"listening at http://(?P<host>\S+):(?P<port>\d+)")
-
-
-@contextlib.contextmanager
-def launch(
-    command: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT
-) -> Iterator[tuple[subprocess.Popen[str], str, int]]:
-    """Start any hardserve command line exactly as given (serve_process always runs
-    `python -m hardserve` and adds a --bind), wait for its first listening line and yield the
-    process with the host and port it names. SIGTERM and wait at the end."""
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(env),
-        cwd=cwd,
-    )
-    found: list[re.Match[str]] = []
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            lines.append(line)
-            match = _LISTENING_RE.search(line)
-            if match and not found:
-                found.append(match)
-                ready.set()
-        ready.set()  # EOF: the process ended without listening
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        assert ready.wait(TIMEOUT_S) and found, "did not start:\n" + "".join(lines)
-        yield process, found[0]["host"].strip("[]"), int(found[0]["port"])
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(TIMEOUT_S)
-
-
 def wait_until(condition: Callable[[], bool], what: str) -> None:
     """Poll a cheap condition (a file exists, a log line arrived) up to TIMEOUT_S."""
     deadline = time.monotonic() + TIMEOUT_S
@@ -174,8 +134,8 @@ def test_python_dash_m_serves_module_app() -> None:
 
 def test_console_script_serves_module_app() -> None:
     assert CONSOLE_SCRIPT.exists(), f"{CONSOLE_SCRIPT} is not installed"
-    with launch([str(CONSOLE_SCRIPT), HELLO, "--bind", "127.0.0.1:0"]) as (_, host, port):
-        reply = get(host, port)
+    with launch_process([str(CONSOLE_SCRIPT), HELLO, "--bind", "127.0.0.1:0"]) as server:
+        reply = fetch(server)
     assert reply.status == 200
     assert reply.body == HELLO_BODY
 
@@ -239,9 +199,7 @@ def test_factory_call_with_code_is_refused_and_nothing_runs(call: str, tmp_path:
     pwned = tmp_path / "pwned"
     imported = tmp_path / "imported"
     spec = "tests.apps_cli.factory:" + call.format(pwned=pwned)
-    result = run_cli(
-        spec, "--bind", "127.0.0.1:0", env={"APPS_CLI_IMPORT_MARKER": str(imported)}
-    )
+    result = run_cli(spec, "--bind", "127.0.0.1:0", env={"APPS_CLI_IMPORT_MARKER": str(imported)})
     line = assert_one_clear_line(result, EXIT_APP_LOAD)
     assert "not allowed" in line or "only have literal arguments" in line
     assert not pwned.exists(), "the spec's code ran"
@@ -413,7 +371,9 @@ def _interpreter_gc_threshold() -> list[int]:
         ("own_gc", (), {}, "the app's own"),  # set at import: applied before, so the app's win
     ],
 )
-def test_gc_gen0_threshold(app: str, args: tuple[str, ...], env: dict[str, str], expected: str) -> None:
+def test_gc_gen0_threshold(
+    app: str, args: tuple[str, ...], env: dict[str, str], expected: str
+) -> None:
     interpreter = _interpreter_gc_threshold()
     wanted = {
         "the interpreter's": interpreter,
@@ -514,9 +474,7 @@ def _write_pythonpath_app(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("how", ["flag", "environment"])
-def test_pythonpath_loads_an_app_from_a_directory_not_on_sys_path(
-    how: str, tmp_path: Path
-) -> None:
+def test_pythonpath_loads_an_app_from_a_directory_not_on_sys_path(how: str, tmp_path: Path) -> None:
     lib, elsewhere = _write_pythonpath_app(tmp_path)
     args = ("--pythonpath", str(lib)) if how == "flag" else ()
     env = {"HARDSERVE_PYTHONPATH": str(lib)} if how == "environment" else {}
@@ -546,8 +504,8 @@ def test_pythonpath_wins_over_the_working_directory_with_the_console_script(
             "127.0.0.1:0",
             *extra,
         ]
-        with launch(command, cwd=elsewhere if not extra else tmp_path) as (_, host, port):
-            reply = get(host, port)
+        with launch_process(command, cwd=elsewhere if not extra else tmp_path) as server:
+            reply = fetch(server)
         assert (reply.status, reply.body) == (200, b"pp"), extra
 
 
@@ -626,9 +584,7 @@ def test_refused_server_header_line_escapes_what_it_quotes() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "args", [("--threads", "many"), ("--loop", "trio"), ("--no-such-flag",)]
-)
+@pytest.mark.parametrize("args", [("--threads", "many"), ("--loop", "trio"), ("--no-such-flag",)])
 def test_malformed_flag_is_a_usage_error(args: tuple[str, ...]) -> None:
     result = run_cli(HELLO, *args, "--bind", "127.0.0.1:0")
     assert result.returncode == EXIT_USAGE, result.stderr
@@ -663,8 +619,8 @@ def test_port_variable_binds_all_interfaces_on_that_port() -> None:
     # the window is tiny and the alternative, a fixed port, is worse.
     port = free_port()
     command = [sys.executable, "-m", "hardserve", HELLO]  # no --bind: the default applies
-    with launch(command, env={"PORT": str(port)}) as (_, host, listening_port):
-        assert (host, listening_port) == ("0.0.0.0", port)
+    with launch_process(command, env={"PORT": str(port)}) as server:
+        assert (server.host, server.port) == ("0.0.0.0", port)
         reply = get("127.0.0.1", port)
     assert (reply.status, reply.body) == (200, HELLO_BODY)
 
@@ -791,7 +747,9 @@ def test_check_config_reports_a_dependency_below_its_floor() -> None:
 def test_advisories_lists_none_for_this_version() -> None:
     result = run_cli("advisories")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"no bundled advisory affects hardserve {hardserve.__version__}")
+    assert result.stdout.startswith(
+        f"no bundled advisory affects hardserve {hardserve.__version__}"
+    )
 
 
 def test_version_names_the_dependencies_that_matter() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, TIMEOUT_S, read_responses, serve_process
+from tests.helpers import ROOT, TIMEOUT_S, read_responses, serve_process, stop_process
 
 HELLO = "tests.apps_cli.hello:app"
 EXIT_CONFIG = 3
@@ -61,13 +61,7 @@ def stopped() -> Iterator[list[subprocess.Popen[str]]]:
         yield started
     finally:
         for process in started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(TIMEOUT_S)
+            stop_process(process)
 
 
 def test_error_and_access_logs_go_to_their_files_and_usr1_reopens_them(

@@ -31,7 +31,7 @@ import pytest
 
 from hardserve.settings import ALL_SETTINGS, load
 from tests.conftest import ALLOW_ROOT
-from tests.helpers import ROOT, TIMEOUT_S, ServerProcess, serve_process
+from tests.helpers import ROOT, TIMEOUT_S, ServerProcess, serve_process, stop_process
 
 UNITS = ROOT / "deploy" / "systemd"
 SERVICE = UNITS / "hardserve.service"
@@ -275,13 +275,7 @@ def socket_activated(*args: str) -> Iterator[tuple[subprocess.Popen[str], Lines,
         lines.wait_for(rf"Listening on 127\.0\.0\.1:{port} as 3\.")
         yield process, lines, port
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(TIMEOUT_S)
+        stop_process(process)
 
 
 def get(port: int, host: str = "127.0.0.1") -> tuple[int, bytes]:
