@@ -360,12 +360,7 @@ def test_a_passed_descriptor_that_is_not_a_listener_stops_the_start() -> None:
             with contextlib.suppress(ConnectionResetError):
                 assert client.recv(1) == b""  # closed, never served
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(TIMEOUT_S)
+        stop_process(process)
 
 
 # -- MemoryDenyWriteExecute=yes ------------------------------------------------------------------
