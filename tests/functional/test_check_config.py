@@ -21,8 +21,8 @@ import pytest
 
 from hardserve.settings import ALL_SETTINGS
 from tests.conftest import ALLOW_ROOT
-from tests.functional.test_cli import free_port, launch
-from tests.helpers import ROOT, TIMEOUT_S, serve_process
+from tests.functional.test_cli import free_port
+from tests.helpers import ROOT, TIMEOUT_S, launch_process, serve_process
 
 HELLO = "tests.apps_cli.hello:app"
 PROBE = "tests.apps_cli.probe:app"
@@ -397,8 +397,9 @@ def test_serving_with_the_file_s_settings(tmp_path: Path) -> None:
         "body_max_bytes = 10\n",
     )
     command = [sys.executable, "-m", "hardserve", "--config", path, PROBE]
-    with launch(command) as (process, host, listening):
-        assert (host, listening) == ("127.0.0.1", port)
+    with launch_process(command) as server:
+        process, host = server.process, server.host
+        assert (host, server.port) == ("127.0.0.1", port)
         status, headers, body = get(host, port)
         assert status == 200
         assert headers.get_all("Server") == ["from-the-file"]
@@ -479,8 +480,8 @@ def test_the_console_script_runs_the_subcommand_and_still_serves(tmp_path: Path)
     assert "Usage: hardserve check-config [OPTIONS] [MODULE:APP]" in result.stdout
     path = write(tmp_path, "threads = 2\n")
     command = [str(script), HELLO, "--config", path, "--workers", "1", "--bind", "127.0.0.1:0"]
-    with launch(command) as (_, host, port):
-        status, _, body = get(host, port)
+    with launch_process(command) as server:
+        status, _, body = get(server.host, server.port)
     assert (status, body) == (200, b"hello from apps_cli\n")
 
 
