@@ -130,8 +130,9 @@ def test_kill_9_under_load_fails_only_that_workers_requests(tmp_path: Path) -> N
         assert record["pid"] in (victim, 0), record
         if record not in unanswered or not record["reused"]:
             assert record["start"] <= dead, record
-    assert len(errors) <= THREADS
-    assert first_new is not None and first_new - killed < 1.0
+    assert len(errors) <= THREADS, errors
+    assert first_new is not None, "the replacement answered nothing"
+    assert first_new - killed < 1.0, f"the replacement first answered {first_new - killed:.3f} s"
 
 
 def test_blocked_app_is_dumped_and_replaced_while_others_serve(tmp_path: Path) -> None:
