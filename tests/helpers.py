@@ -270,10 +270,11 @@ def serve_process(
 
 @contextlib.contextmanager
 def launch_process(
-    command: list[str], *, env: dict[str, str] | None = None, cwd: str | Path | None = None
+    command: list[str], *, env: dict[str, str] | None = None, cwd: str | Path | None = ROOT
 ) -> Iterator[ServerProcess]:
-    """Start a hardserve command line exactly as given (the console script, a wrapper), wait
-    for its first listening line, and stop it at the end (stop_process)."""
+    """Start a hardserve command line exactly as given (the console script, a wrapper) in
+    `cwd` (None: this process's), wait for its first listening line, and stop it at the end
+    (stop_process)."""
     process = subprocess.Popen(
         command,
         stderr=subprocess.PIPE,
