@@ -41,6 +41,15 @@ def _fmt(value: float, digits: int = 0, unit: str = "") -> str:
     return f"{text} {unit}".rstrip()
 
 
+def _fmt_ratio(value: float, threshold: float) -> str:
+    """Two decimals, or three where two would round across the goal's threshold: 0.896 of a
+    goal of 0.9 is shown as 0.896, not as 0.90 beside "not met"."""
+    digits = 2
+    if not math.isnan(value) and (round(value, 2) >= threshold) != (value >= threshold):
+        digits = 3
+    return _fmt(value, digits)
+
+
 def _label(server: str) -> str:
     return LABELS.get(server, server)
 
@@ -203,7 +212,7 @@ def goals_table(
             rows.append(
                 (
                     f"{what} ({app}, {mode}): req/s ≥ granian's",
-                    f"{_fmt(rps.get('hardserve', NAN))} req/s ({_fmt(ratio, 2)} x granian)",
+                    f"{_fmt(rps.get('hardserve', NAN))} req/s ({_fmt_ratio(ratio, 1)} x granian)",
                     _peers(rps, lambda v: f"{_fmt(v)} req/s"),
                     None if math.isnan(ratio) else ratio >= 1,
                 )
@@ -231,7 +240,7 @@ def goals_table(
     rows.append(
         (
             "1,024 keep-alive connections, 1 worker: req/s ≥ 0.9 x the 64-connection figure",
-            f"{_fmt(ratio, 2)} (rounds {', '.join(_fmt(v, 2) for v in rounds)}; "
+            f"{_fmt_ratio(ratio, 0.9)} (rounds {', '.join(_fmt_ratio(v, 0.9) for v in rounds)}; "
             f"{_fmt(f['rps_1024'].get('hardserve', NAN))} against "
             f"{_fmt(f['rps_64'].get('hardserve', NAN))} req/s)",
             _peers(f["ratio_1024"], lambda v: _fmt(v, 2)) + _floor_note(floor_ratio_1024(floor)),
@@ -253,7 +262,7 @@ def goals_table(
     rows.append(
         (
             "2 workers on 2 cores (hello, keep-alive): ≥ 2 x gunicorn gthread's req/s",
-            f"{_fmt(two.get('hardserve', NAN))} req/s ({_fmt(ratio, 2)} x gunicorn)",
+            f"{_fmt(two.get('hardserve', NAN))} req/s ({_fmt_ratio(ratio, 2)} x gunicorn)",
             _peers(two, lambda v: f"{_fmt(v)} req/s"),
             None if math.isnan(ratio) else ratio >= 2,
         )
@@ -280,7 +289,7 @@ def goals_table(
     rows.append(
         (
             "1,000 slowloris + 200 slow readers open: hello req/s ≥ 0.9 x unloaded",
-            f"{_fmt(kept, 2)} ({_fmt(f['rps_attacked'].get('hardserve', NAN))} of "
+            f"{_fmt_ratio(kept, 0.9)} ({_fmt(f['rps_attacked'].get('hardserve', NAN))} of "
             f"{_fmt(f['rps_unloaded'].get('hardserve', NAN))} req/s)",
             _peers(f["ratio_attack"], lambda v: _fmt(v, 2)),
             None if math.isnan(kept) else kept >= 0.9,
