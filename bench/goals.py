@@ -42,11 +42,16 @@ def _fmt(value: float, digits: int = 0, unit: str = "") -> str:
 
 
 def _fmt_ratio(value: float, threshold: float) -> str:
-    """Two decimals, or three where two would round across the goal's threshold: 0.896 of a
-    goal of 0.9 is shown as 0.896, not as 0.90 beside "not met"."""
+    """Two decimals, or as many more (up to six) as it takes not to round across the goal's
+    threshold: 0.896 of a goal of 0.9 is shown as 0.896, not as 0.90 beside "not met", and
+    0.9996 of a goal of 1 as 0.9996."""
     digits = 2
-    if not math.isnan(value) and (round(value, 2) >= threshold) != (value >= threshold):
-        digits = 3
+    while (
+        digits < 6
+        and not math.isnan(value)
+        and (round(value, digits) >= threshold) != (value >= threshold)
+    ):
+        digits += 1
     return _fmt(value, digits)
 
 
