@@ -1,7 +1,8 @@
 """Side-by-side load benchmark of hardserve, gunicorn (gthread), waitress and granian.
 
 Each round starts every server once per app, one after the other, and loads it with wrk in
-both connection modes (the matrix); then come the scenarios of issue 7 (bench/scenarios.py:
+both connection modes (the matrix); then come interleaved pairs of hardserve and granian on
+1 MiB responses and streams (bench/versus.py) and the scenarios of issue 7 (bench/scenarios.py:
 1,024 connections, two workers, idle memory, slowloris and slow readers). The medians over
 the rounds go to bench/RESULTS.md, bench/results.png and bench/goals.png, every single run to
 bench/out/results-*.json. Run through bench/run.sh, which installs the tools;
@@ -162,6 +163,10 @@ class Server:
     def cpu_ticks(self) -> int:
         return tree_cpu_ticks(self.process.pid)
 
+    def system_ticks(self) -> int:
+        """The kernel's part of cpu_ticks."""
+        return tree_cpu_ticks(self.process.pid, SYSTEM_FIELDS)
+
     def worker_memory(self) -> dict[str, int]:
         """Resident memory of the worker processes (KiB): summed, and the largest of each."""
         return worker_memory(self.process.pid)
@@ -189,8 +194,15 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
-def tree_cpu_ticks(root: int) -> int:
-    """utime + stime of root and all its descendants, in clock ticks.
+# Fields of /proc/PID/stat (proc(5) numbering): utime, stime, cutime, cstime; and the kernel's
+# part alone, stime and cstime.
+CPU_FIELDS = (14, 15, 16, 17)
+SYSTEM_FIELDS = (15, 17)
+
+
+def tree_cpu_ticks(root: int, fields: tuple[int, ...] = CPU_FIELDS) -> int:
+    """utime + stime of root and all its descendants, in clock ticks (with SYSTEM_FIELDS, the
+    kernel's part only).
 
     A process's stat counts all its threads, dead ones included. cutime + cstime add children
     that already exited and were reaped (a restarted gunicorn worker), which the walk over
@@ -201,19 +213,19 @@ def tree_cpu_ticks(root: int) -> int:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        fields = _stat_fields(int(entry))
-        if fields is None:
+        entry_stat = _stat_fields(int(entry))
+        if entry_stat is None:
             continue
-        stats[int(entry)] = fields
-        children.setdefault(int(fields[1]), []).append(int(entry))
+        stats[int(entry)] = entry_stat
+        children.setdefault(int(entry_stat[1]), []).append(int(entry))
     total = 0
     todo = [root]
     while todo:
         pid = todo.pop()
-        fields = stats.get(pid)
-        if fields is None:
+        stat = stats.get(pid)
+        if stat is None:
             continue
-        total += sum(int(fields[n - 3]) for n in (14, 15, 16, 17))
+        total += sum(int(stat[n - 3]) for n in fields)
         todo.extend(children.get(pid, ()))
     return total
 
@@ -335,6 +347,9 @@ class Run:
     # warm-up and earlier loads of the same process included), in KiB.
     worker_rss_kib: int = 0
     worker_hwm_kib: int = 0
+    # The kernel's part of cpu_s: a 1 MiB response's cost is mostly the kernel's copy, which
+    # some periods of the host make up to three times dearer for every server (NOTES.md).
+    system_cpu_s: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -397,9 +412,9 @@ def measure(
         settle(server, settling)
     argv = wrk_argv(mode, server.app, duration_s, server.url)
     cores_before = core_ticks()
-    before = server.cpu_ticks()
+    before, system_before = server.cpu_ticks(), server.system_ticks()
     summary, client_cpu = run_wrk(argv)
-    after = server.cpu_ticks()
+    after, system_after = server.cpu_ticks(), server.system_ticks()
     cores_after = core_ticks()
     memory = server.worker_memory()
     busy0, total0, steal0 = cores_before[SERVER_CORE]
@@ -428,6 +443,7 @@ def measure(
         wrk_command=["taskset", "-c", CLIENT_CORE, *argv],
         worker_rss_kib=memory["rss_max_kib"],
         worker_hwm_kib=memory["hwm_max_kib"],
+        system_cpu_s=(system_after - system_before) / CLK_TCK,
     )
 
 
@@ -487,7 +503,7 @@ class Options:
     scenarios: tuple[str, ...] = ()
 
 
-SCENARIO_NAMES = ("matrix", "concurrency", "workers", "memory", "attack", "crowded")
+SCENARIO_NAMES = ("matrix", "versus", "concurrency", "workers", "memory", "attack", "crowded")
 
 
 def run_matrix(
@@ -647,7 +663,8 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--scenarios",
         default=",".join(SCENARIO_NAMES),
-        help="comma-separated: matrix (apps x servers x modes), concurrency (1,024 connections), "
+        help="comma-separated: matrix (apps x servers x modes), versus (interleaved pairs of "
+        "hardserve and granian, 1 MiB and streams), concurrency (1,024 connections), "
         "workers (2 workers, 2 cores), memory (idle connections), attack (slowloris and slow "
         "readers), crowded (the attack beside 1,024 connections); all by default",
     )
@@ -690,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     if "matrix" in options.scenarios:
         runs, processes = run_matrix(options, stamp, hardserve_env)
     from bench.scenarios import Context, run_scenarios
+    from bench.versus import run_versus
 
     context = Context(
         rounds=options.rounds,
@@ -702,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
         quick=options.quick,
     )
     context.logs_dir.mkdir(parents=True, exist_ok=True)
+    versus = run_versus(context) if "versus" in options.scenarios else []
     scenarios = run_scenarios(context, options.scenarios)
     handoff = None if options.skip_handoff else run_handoff(options.quick, hardserve_env)
     floor = None if options.skip_floor else run_floor(options.quick, hardserve_env)
@@ -725,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "processes": processes,
         "scenarios": scenarios,
+        "versus": versus,
         "handoff": handoff,
         "floor": floor,
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.floor import table as floor_table
-from bench.goals import goals_table, scenario_sections, write_goals_chart
+from bench.goals import goals_table, scenario_sections, versus_section, write_goals_chart
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -425,7 +425,7 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
             "only; `make bench` on a quiet machine gives the ones to quote.",
             "",
         ]
-    lines += goals_table(summary, scenarios, raw.get("floor"))
+    lines += goals_table(summary, scenarios, raw.get("floor"), raw.get("versus"))
     lines += [
         "Behaviour of hardserve seen while building this benchmark, with reproductions: "
         "[NOTES.md](NOTES.md). Rerun everything with `make bench` (or `bench/run.sh`; "
@@ -502,6 +502,7 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         "",
     ]
     lines += [*overview_table(summary), ""]
+    lines += versus_section(raw.get("versus"), options["duration_s"])
     lines += scenario_sections(
         scenarios, options["duration_s"], raw.get("idle_connections", IDLE_CONNECTIONS)
     )
@@ -510,7 +511,8 @@ def write_report(raw: dict[str, Any], raw_path: Path) -> None:
         lines += case_table(case, summary[case])
     lines += handoff_section(raw.get("handoff"))
     lines += floor_section(raw.get("floor"))
-    lines += logs_section(raw["processes"], scenarios)
+    versus_processes = [p for case in raw.get("versus") or [] for p in case["processes"]]
+    lines += logs_section(raw["processes"], scenarios | {"versus": versus_processes})
     RESULTS_MD.write_text("\n".join(lines).rstrip() + "\n" + _kept_sections())
 
 
