@@ -180,17 +180,28 @@ def versus_figures(versus: list[dict[str, Any]] | None) -> dict[tuple[str, str],
         if not pairs:
             continue
         ratios = [p["ratio"] for p in pairs]
-        figures[(case["app"], case["mode"])] = {
-            "pairs": len(pairs),
-            "ratio": _median(ratios),
-            "ratio_range": (min(ratios), max(ratios)),
-            "ahead": sum(r >= 1 for r in ratios),
-            "failure": case.get("failure"),
-        } | {
-            f"{key}_{server}": [p[server][key] for p in pairs]
-            for server in ("hardserve", "granian")
-            for key in ("rps", "system_us_per_request")
-        }
+        figures[(case["app"], case["mode"])] = (
+            {
+                "pairs": len(pairs),
+                "ratio": _median(ratios),
+                "ratio_range": (min(ratios), max(ratios)),
+                "ahead": sum(r >= 1 for r in ratios),
+                "failure": case.get("failure"),
+            }
+            | {
+                f"{key}_{server}": [p[server][key] for p in pairs]
+                for server in ("hardserve", "granian")
+                for key in ("rps", "system_us_per_request")
+            }
+            | {
+                # wrk's own CPU per response: at a full client core (about 1 s per second), the
+                # pace is the client's, and equal costs there mean a tie whatever the servers spend.
+                f"client_us_{server}": [
+                    _div(p[server]["client_cpu_s"] * 1e6, p[server]["requests"]) for p in pairs
+                ]
+                for server in ("hardserve", "granian")
+            }
+        )
     return figures
 
 
@@ -681,17 +692,20 @@ def versus_section(versus: list[dict[str, Any]] | None, duration_s: int) -> list
         "pairs and granian first in even ones, so that such a period or a drift falls on both "
         "alike. Each server warms up once; the ratio of a pair is hardserve's req/s over "
         "granian's, and the row takes the median of the pairs' ratios. *Kernel µs/resp* is "
-        "the server's system time per response: the periods show there.",
+        "the server's system time per response: the periods show there. *wrk µs/resp* is "
+        "the client's CPU per response against each server: where it times the req/s comes "
+        "to about a second per second, wrk's core was full and set the pace.",
         "",
         "| case | ratio, median (range) | pairs hardserve led | hardserve req/s | granian req/s "
-        "| hardserve kernel µs/resp | granian kernel µs/resp |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| hardserve kernel µs/resp | granian kernel µs/resp | wrk µs/resp, hardserve / "
+        "granian |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for case in versus:
         key = (case["app"], case["mode"])
         name = f"{case['app']} ({case['mode']})"
         if key not in figures:
-            lines.append(f"| {name} | failed: {case.get('failure', 'no pair')} | | | | | |")
+            lines.append(f"| {name} | failed: {case.get('failure', 'no pair')} | | | | | | |")
             continue
         f = figures[key]
         low, high = f["ratio_range"]
@@ -703,7 +717,9 @@ def versus_section(versus: list[dict[str, Any]] | None, duration_s: int) -> list
             f"| {_fmt(_median(f['system_us_per_request_hardserve']))} "
             f"({_span(f['system_us_per_request_hardserve'])}) "
             f"| {_fmt(_median(f['system_us_per_request_granian']))} "
-            f"({_span(f['system_us_per_request_granian'])}) |"
+            f"({_span(f['system_us_per_request_granian'])}) "
+            f"| {_fmt(_median(f['client_us_hardserve']))} / "
+            f"{_fmt(_median(f['client_us_granian']))} |"
         )
     failed = [f"- {c['app']} ({c['mode']}): {c['failure']}" for c in versus if c.get("failure")]
     commands = next(iter(versus))["commands"]
