@@ -186,7 +186,6 @@ def versus_figures(versus: list[dict[str, Any]] | None) -> dict[tuple[str, str],
                 "ratio": _median(ratios),
                 "ratio_range": (min(ratios), max(ratios)),
                 "ahead": sum(r >= 1 for r in ratios),
-                "failure": case.get("failure"),
             }
             | {
                 f"{key}_{server}": [p[server][key] for p in pairs]
@@ -670,14 +669,14 @@ def crowded_section(records: list[dict[str, Any]], duration_s: int) -> list[str]
     return [*lines, "", *_failures(records)]
 
 
-def _span(values: list[float], digits: int = 0) -> str:
-    return f"{_fmt(min(values), digits)}-{_fmt(max(values), digits)}" if values else "n/a"
+def _span(values: list[float]) -> str:
+    return f"{_fmt(min(values))}-{_fmt(max(values))}" if values else "n/a"
 
 
 def versus_section(versus: list[dict[str, Any]] | None, duration_s: int) -> list[str]:
-    figures = versus_figures(versus)
     if not versus:
         return []
+    figures = versus_figures(versus)
     pairs = max((f["pairs"] for f in figures.values()), default=0)
     lines = [
         "## 1 MiB and chunked streams: interleaved pairs against granian",

@@ -230,7 +230,7 @@ def server_command(
     return shlex.join([*pinning, *server_argv(name, app, "PORT", extra, workers)])
 
 
-def _finish(server: Server, record: dict[str, Any]) -> None:
+def finish_server(server: Server, record: dict[str, Any]) -> None:
     record["alive_after_load"] = server.process.poll() is None
     record["exit_status"] = server.stop()
     record["log"] = str(server.log_path.relative_to(BENCH))
@@ -280,7 +280,7 @@ def _each_round(
                 record["failure"] = f"{type(exc).__name__}: {exc}"
                 _say(record, f"FAILED {exc}")
             finally:
-                _finish(server, record)
+                finish_server(server, record)
                 records.append(record)
     return records
 

@@ -14,12 +14,11 @@ report can show which pairs fell in such a period.
 from __future__ import annotations
 
 import http.client
-import statistics
 from dataclasses import asdict
 from typing import Any
 
 from bench.bench import Run, measure, sanity_check
-from bench.scenarios import Context, _finish
+from bench.scenarios import Context, finish_server
 
 CASES = (("big", "keep-alive"), ("big", "close"), ("stream", "keep-alive"), ("stream", "close"))
 SERVERS = ("hardserve", "granian")
@@ -85,10 +84,8 @@ def _case(ctx: Context, case_no: int, app: str, mode: str, pairs: int) -> dict[s
     finally:
         case["processes"] = []
         for server, record in started:
-            _finish(server, record)
+            finish_server(server, record)
             case["processes"].append(record)
-    ratios = [p["ratio"] for p in case["pairs"] if p["ratio"] is not None]
-    case["median_ratio"] = statistics.median(ratios) if ratios else None
     return case
 
 
