@@ -350,6 +350,26 @@ _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _DONE, _REFUSE
 class RequestParser:
     """One connection's request stream. Feed bytes; pull events until NEED_DATA or PAUSED."""
 
+    # One per connection, read on every request: slots keep its fields in the object itself,
+    # one memory load from it instead of two (through the instance dict's values).
+    __slots__ = (
+        "_body_seen",
+        "_buf",
+        "_eof",
+        "_leading_crlf",
+        "_limits",
+        "_line_count",
+        "_path_policy",
+        "_refusal",
+        "_refuse_underscore",
+        "_remaining",
+        "_request_line",
+        "_scan_pos",
+        "_state",
+        "_trailer_bytes",
+        "_trailer_lines",
+    )
+
     def __init__(
         self,
         limits: Limits,
