@@ -359,6 +359,18 @@ class Run:
     def cpu_us_per_request(self) -> float:
         return self.cpu_s * 1e6 / self.ok_requests if self.ok_requests else float("nan")
 
+    @property
+    def system_us_per_request(self) -> float:
+        return self.system_cpu_s * 1e6 / self.ok_requests if self.ok_requests else float("nan")
+
+    def record(self) -> dict[str, Any]:
+        """The run as it goes into the raw JSON, with its per-request figures."""
+        return asdict(self) | {
+            "rps": self.rps,
+            "cpu_us_per_request": self.cpu_us_per_request,
+            "system_us_per_request": self.system_us_per_request,
+        }
+
 
 def run_wrk(
     argv: list[str], cores: str | None = CLIENT_CORE, timeout_s: float | None = None
@@ -738,10 +750,7 @@ def main(argv: list[str] | None = None) -> int:
                 for s in SERVERS
             },
         },
-        "runs": [
-            asdict(run) | {"rps": run.rps, "cpu_us_per_request": run.cpu_us_per_request}
-            for run in runs
-        ],
+        "runs": [run.record() for run in runs],
         "processes": processes,
         "scenarios": scenarios,
         "versus": versus,

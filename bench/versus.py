@@ -14,26 +14,15 @@ report can show which pairs fell in such a period.
 from __future__ import annotations
 
 import http.client
-from dataclasses import asdict
 from typing import Any
 
-from bench.bench import Run, measure, sanity_check
+from bench.bench import measure, sanity_check
 from bench.scenarios import Context, finish_server
 
 CASES = (("big", "keep-alive"), ("big", "close"), ("stream", "keep-alive"), ("stream", "close"))
 SERVERS = ("hardserve", "granian")
 PAIRS = 8
 QUICK_PAIRS = 2
-
-
-def _load(run: Run) -> dict[str, Any]:
-    return asdict(run) | {
-        "rps": run.rps,
-        "cpu_us_per_request": run.cpu_us_per_request,
-        "system_us_per_request": (
-            run.system_cpu_s * 1e6 / run.ok_requests if run.ok_requests else float("nan")
-        ),
-    }
 
 
 def _case(ctx: Context, case_no: int, app: str, mode: str, pairs: int) -> dict[str, Any]:
@@ -55,17 +44,15 @@ def _case(ctx: Context, case_no: int, app: str, mode: str, pairs: int) -> dict[s
         for pair_no in range(1, pairs + 1):
             order = SERVERS if pair_no % 2 else SERVERS[::-1]
             loads = {
-                name: _load(
-                    measure(
-                        servers[name],
-                        mode,
-                        pair_no,
-                        ctx.duration_s,
-                        # Each server warms up once, before its first measured load.
-                        ctx.warmup_s if pair_no == 1 else 0,
-                        ctx.settling,
-                    )
-                )
+                name: measure(
+                    servers[name],
+                    mode,
+                    pair_no,
+                    ctx.duration_s,
+                    # Each server warms up once, before its first measured load.
+                    ctx.warmup_s if pair_no == 1 else 0,
+                    ctx.settling,
+                ).record()
                 for name in order
             }
             own, peer = loads["hardserve"]["rps"], loads["granian"]["rps"]
