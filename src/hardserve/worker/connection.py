@@ -230,6 +230,7 @@ class HttpConnection(asyncio.Protocol):
         "_server_addr",
         "_shared",
         "_slot_held",
+        "_stats",
         "_started_at",
         "_timer",
         "_timer_at",
