@@ -488,18 +488,17 @@ def concurrency_section(records: list[dict[str, Any]], duration_s: int) -> list[
         return []
     f = scenario_figures({"concurrency": records})
     pair_records = [{"server": r["server"], **p} for r in records for p in concurrency_pairs(r)]
-    per_round_pairs = max((len(concurrency_pairs(r)) for r in records), default=0)
+    per_round = max((len(concurrency_pairs(r)) for r in records), default=0)
+    pairs_per_round = f"{per_round} pair{'' if per_round == 1 else 's'} of loads per round"
     lines = [
         "## 1,024 keep-alive connections on one worker",
         "",
         "hello with keep-alive, each server pinned to core 0 as in the matrix, wrk on core 1; "
-        f"in the same server process, {per_round_pairs} pair{'' if per_round_pairs == 1 else 's'} "
-        "of loads per round: wrk runs "
-        f"64 connections and 1,024 (`-t1 -c1024 -d{duration_s}s`), each after a 1 s warm-up, "
-        "64 first in odd pairs and 1,024 first in even ones. Each figure is the median over "
-        "every pair of every round; the ratio is the median of the pairs' own ratios, so that "
-        "a slow moment of the host weighs on both loads of a pair. Latency percentiles are "
-        "wrk's, from "
+        f"in the same server process, {pairs_per_round}: wrk runs 64 connections and 1,024 "
+        f"(`-t1 -c1024 -d{duration_s}s`), each after a 1 s warm-up, 64 first in odd pairs and "
+        "1,024 first in even ones. Each figure is the median over every pair of every round; "
+        "the ratio is the median of the pairs' own ratios, so that a slow moment of the host "
+        "weighs on both loads of a pair. Latency percentiles are wrk's, from "
         "`bench/report.lua`. Every connection comes from 127.0.0.1, so each server's own "
         "connection limit is raised where it would refuse them: hardserve's per-client cap "
         "(`client_connections_max`, 256 per address per worker; it has no off value, so 2048), "

@@ -8,7 +8,7 @@
 #
 # Usage: bench/run.sh [--quick] [--rounds N] [--duration S] [--apps A,B] [--servers S,T]
 # [--scenarios matrix,versus,concurrency,workers,memory,attack,crowded]; --help lists the
-# rest. A full run takes about 35 minutes on 2 cores, --quick (one short round) about 9.
+# rest. A full run takes about 37 minutes on 2 cores, --quick (one short round) about 9.
 set -euo pipefail
 bench_dir="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$bench_dir")"
