@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.parsing import parse_source
+
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = SRC / "hardserve"
 
@@ -64,7 +66,7 @@ def _literal_import_call(node: ast.Call) -> str | None:
 
 
 def imports_in(source: str, path: str) -> Iterator[Import]:
-    tree = ast.parse(source, filename=path)
+    tree = parse_source(source, path)
     for node in ast.walk(tree):  # every node: function bodies and TYPE_CHECKING blocks too
         if isinstance(node, ast.Import):
             for alias in node.names:

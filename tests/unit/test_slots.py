@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.parsing import parse_source
+
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "hardserve"
 
 
@@ -44,7 +46,7 @@ def _attributes_set_on_self(cls: ast.ClassDef) -> dict[str, int]:
 def _classes_with_dict_slot() -> list[tuple[Path, ast.ClassDef, set[str]]]:
     classes = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(parse_source(path.read_text(), str(path))):
             if isinstance(node, ast.ClassDef):
                 slots = _slots(node)
                 if slots is not None and "__dict__" in slots:

@@ -24,6 +24,7 @@ from hardserve.observe.stats import (
     method_label,
     status_class,
 )
+from tests.parsing import parse_source
 
 
 def test_a_value_on_a_bound_falls_in_that_bucket() -> None:
@@ -174,7 +175,7 @@ def _calls_of(name: str) -> tuple[int, list[tuple[str, str]]]:
         )
 
     for path in sorted(WORKER.glob("*.py")):
-        tree = ast.parse(path.read_text(), str(path))
+        tree = parse_source(path.read_text(), str(path))
         total += sum(called(node) for node in ast.walk(tree))
         for function in ast.walk(tree):
             if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
