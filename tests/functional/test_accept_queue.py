@@ -16,7 +16,13 @@ import pytest
 import uvloop
 
 from hardserve.worker.accept_queue import accept_queue
-from hardserve.worker.server import SURGE_HANDLES, SURGE_QUEUE, SURGE_QUIET_S, Acceptor
+from hardserve.worker.server import (
+    RESUME_RETRY_S,
+    SURGE_HANDLES,
+    SURGE_QUEUE,
+    SURGE_QUIET_S,
+    Acceptor,
+)
 from tests.helpers import TIMEOUT_S
 
 WAITING = 24  # connections made before the worker accepts any
@@ -228,6 +234,51 @@ def test_out_of_descriptors_the_listener_goes_on_and_the_surge_waits_to_retry(
                 assert surge.task is not first  # tries again
                 await surge.task
                 assert len(acceptor.surge) == SURGE_HANDLES - 1
+            acceptor.close()
+
+    uvloop.run(main())
+
+
+class Arrived(asyncio.Protocol):
+    """Sets `event` when a connection is accepted."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self._event = event
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._event.set()
+        transport.close()
+
+
+def test_an_acceptor_that_cannot_resume_says_so_and_accepts_once_it_can(
+    family: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Paused at connections_max, then resumed when no descriptor is free (the duplicate of the
+    listener fails with EMFILE): a warning, no server left half made, and the worker is not
+    deaf for good: it tries again and accepts the connection that waited."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        arrived = asyncio.Event()
+        with listener(family) as sock:
+            acceptor = Acceptor(loop, lambda: Arrived(arrived), [sock.dup()], 128)
+            await acceptor.start()
+            acceptor.pause()
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            lowest_free = os.dup(sock.fileno())
+            os.close(lowest_free)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # none free
+            try:
+                acceptor.resume()
+                assert acceptor._starting is not None
+                await acceptor._starting
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            assert not acceptor.accepting and acceptor.servers == []
+            assert "could not accept again" in caplog.text
+            with clients(sock, 1):
+                await asyncio.wait_for(arrived.wait(), RESUME_RETRY_S + TIMEOUT_S)
+            assert acceptor.accepting and len(acceptor.servers) == 1
             acceptor.close()
 
     uvloop.run(main())

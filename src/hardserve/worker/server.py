@@ -46,6 +46,8 @@ _error_log = logging.getLogger("hardserve.error")
 SURGE_HANDLES = 8  # per listener, the first included
 SURGE_QUEUE = 2  # connections waiting in a listener's accept queue that open the extra handles
 SURGE_QUIET_S = 2.0  # the extra handles close after this long with no connection waiting
+# After resuming failed (out of descriptors, say), the acceptor tries again this much later.
+RESUME_RETRY_S = 1.0
 
 
 class Acceptor:
@@ -89,7 +91,15 @@ class Acceptor:
 
     async def start(self) -> None:
         self.accepting = True
-        servers = [await self._serve(sock) for sock in self._sockets]
+        servers: list[asyncio.AbstractServer] = []
+        try:
+            for sock in self._sockets:
+                servers.append(await self._serve(sock))
+        except BaseException:
+            for server in servers:  # one listener's server made, the next one failed
+                server.close()
+            self.accepting = False
+            raise
         if self.closed or not self.accepting:
             for server in servers:  # paused or closed while the servers were being made
                 server.close()
@@ -125,7 +135,21 @@ class Acceptor:
         if self._starting is not None and not self._starting.done():
             self.accepting = True
             return
-        self._starting = self._loop.create_task(self.start())
+        self._starting = self._loop.create_task(self._resume())
+
+    async def _resume(self) -> None:
+        """Start again after a pause. A failure here has no caller to see it: the worker would
+        stay deaf with connections waiting, so it is logged and tried again until it works or
+        the acceptor is closed."""
+        try:
+            await self.start()
+        except OSError as exc:
+            if self.closed:
+                return  # the sockets were closed under it: the worker is stopping
+            _error_log.warning(
+                "could not accept again: %s; trying again in %g s", exc, RESUME_RETRY_S
+            )
+            self._loop.call_later(RESUME_RETRY_S, self.resume)
 
     def close(self) -> None:
         """Stop accepting for good and close the listening sockets (this process's copies)."""
