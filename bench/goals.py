@@ -95,10 +95,11 @@ def per_server_pairs(
 def _pair_values(
     records: list[dict[str, Any]], figure: Callable[[dict[str, Any]], float]
 ) -> dict[str, list[float]]:
-    """`figure` of each pair of each server, in round and pair order."""
+    """`figure` of each pair of each server; rounds that failed are left out."""
     values: dict[str, list[float]] = defaultdict(list)
-    rounds = sorted((r for r in records if "failure" not in r), key=lambda r: int(r["round"]))
-    for record in rounds:
+    for record in records:
+        if "failure" in record:
+            continue
         for pair in concurrency_pairs(record):
             try:
                 value = float(figure(pair))
