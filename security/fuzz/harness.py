@@ -39,7 +39,7 @@ import h11
 from hardserve.http import environ as environ_module
 from hardserve.http import parser as parser_module
 from hardserve.http import reasons
-from hardserve.http.environ import build_environ, worker_constants
+from hardserve.http.environ import build_environ, connection_addresses, worker_constants
 from hardserve.http.limits import Limits
 from hardserve.http.parser import (
     CLOSED,
@@ -259,14 +259,14 @@ def _check_refusal(parser: RequestParser, refusal: Refusal) -> None:
 
 
 _ENVIRON_CONSTANTS = worker_constants(wsgi_errors=None, file_wrapper=None)
+_ADDRESSES = connection_addresses(("192.0.2.1", 40000), ("127.0.0.1", 8000))
 
 
 def _check_environ(head: RequestHead) -> None:
     build_environ(
         head,
         _ENVIRON_CONSTANTS,
-        peer=("192.0.2.1", 40000),
-        server=("127.0.0.1", 8000),
+        addresses=_ADDRESSES,
         url_scheme="http",
         wsgi_input=None,
     )

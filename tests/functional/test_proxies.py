@@ -168,6 +168,30 @@ def test_proxy_header_names_the_client(header: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    ("source", "believed"),
+    [("198.51.100.7", True), ("192.0.2.1", False)],
+    ids=["trusted-source", "untrusted-source"],
+)
+def test_forwarding_fields_are_judged_by_the_client_the_proxy_header_names(
+    source: str, believed: bool
+) -> None:
+    # The socket's peer (127.0.0.1) may send the PROXY header but is no forwarding proxy;
+    # once the header names the client, that client is the one whose fields count.
+    header = f"PROXY TCP4 {source} 127.0.0.1 5555 80\r\n".encode()
+    settings = {**PROXY_SETTINGS, "forwarded_allow_ips": "198.51.100.7"}
+    with serve(environ_echo, **settings) as server, server.connect() as sock:
+        sock.sendall(header + FORWARDED_REQUEST + FORWARDED_REQUEST)
+        responses, _ = read_responses(sock, 2)
+    for response in responses:
+        environ = json.loads(response.body)
+        if believed:
+            assert (environ["REMOTE_ADDR"], environ["wsgi.url_scheme"]) == ("203.0.113.9", "https")
+        else:
+            assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == (source, "5555")
+            assert environ["forwarding"] == []
+
+
+@pytest.mark.parametrize(
     ("raw", "code"),
     [
         (GET, "proxy_header_missing"),

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import sys
 from typing import Any
 from wsgiref.validate import check_environ
 
 import pytest
 
-from hardserve.http.environ import build_environ, worker_constants
+from hardserve.http.environ import build_environ, connection_addresses, worker_constants
 from hardserve.http.forwarded import (
     FORWARDED_INVALID,
     NOT_FORWARDED,
@@ -49,6 +50,7 @@ def environ_of(raw: bytes, **overrides: Any) -> dict[str, Any]:
     }
     script_name = overrides.pop("script_name", None)
     kwargs.update(overrides)
+    kwargs["addresses"] = connection_addresses(kwargs.pop("peer"), kwargs.pop("server"))
     constants = CONSTANTS
     if script_name is not None:
         constants = worker_constants(wsgi_errors=ERRORS, file_wrapper=Wrapper, script_name=script_name)
@@ -99,6 +101,15 @@ def test_wsgiref_accepts_the_environ(raw: bytes) -> None:
         if not key.startswith("wsgi."):
             assert type(value) is str, key
             value.encode("latin-1")  # PEP 3333: native strings holding latin-1 only
+
+
+def test_a_usual_environ_fits_the_table_it_is_copied_from() -> None:
+    # Each environ starts as a copy of worker_constants(), whose table has room for the keys
+    # every request sets and some headers besides: an environ that outgrew it would allocate and
+    # fill a new table (twice, from the nine constants alone) on every request.
+    environ = environ_of(request(b"Host: x", b"Accept: */*", b"User-Agent: curl/8.5"))
+    environ["hardserve.request_id"] = environ["HTTP_X_REQUEST_ID"] = "id"
+    assert sys.getsizeof(environ) == sys.getsizeof(CONSTANTS)
 
 
 def test_server_name_comes_from_the_socket_not_the_host_field() -> None:
@@ -193,7 +204,7 @@ def test_raw_bytes_in_a_target_decode_as_latin1() -> None:
     # The parser refuses such a target; build_environ still must not lose or re-encode bytes.
     raw_target = b"/\xc3\xa0%20k?\xff"
     head = dataclasses.replace(head_of(request(b"Host: x")), raw_target=raw_target, target=parse_target(b"GET", raw_target))
-    environ = build_environ(head, CONSTANTS, peer=None, server=("h", 1), url_scheme="http", wsgi_input=INPUT)
+    environ = build_environ(head, CONSTANTS, addresses=connection_addresses(None, ("h", 1)), url_scheme="http", wsgi_input=INPUT)
     assert environ["PATH_INFO"] == "/\xc3\xa0 k"
     assert environ["QUERY_STRING"] == "\xff"
     assert environ["RAW_URI"] == "/\xc3\xa0%20k?\xff"
@@ -338,5 +349,5 @@ def test_stripped_headers_are_the_ones_the_resolution_gives() -> None:
     raw = request(b"Host: x", b"X-Keep: 1")
     head = head_of(raw)
     resolution = Resolution(headers=((b"host", b"x"),))
-    environ = build_environ(head, CONSTANTS, peer=None, server=("h", 1), url_scheme="http", wsgi_input=INPUT, resolution=resolution)
+    environ = build_environ(head, CONSTANTS, addresses=connection_addresses(None, ("h", 1)), url_scheme="http", wsgi_input=INPUT, resolution=resolution)
     assert "HTTP_X_KEEP" not in environ and environ["HTTP_HOST"] == "x"

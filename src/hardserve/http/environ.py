@@ -16,6 +16,10 @@ _KEY_CACHE_MAX: Final = 512
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _SPECIAL_KEYS: Final = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
 _PROTOCOLS: Final = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
+# The usual methods' names, made once rather than decoded per request.
+_METHODS: Final = {
+    method.encode(): method for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
+}
 
 
 def _environ_key(name: bytes) -> str:
@@ -27,12 +31,29 @@ def _environ_key(name: bytes) -> str:
     return key
 
 
+# The keys build_environ sets on every request, whatever the request.
+_SET_PER_REQUEST: Final = (
+    "REQUEST_METHOD",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "RAW_URI",
+    "REQUEST_URI",
+    "SERVER_PROTOCOL",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "wsgi.url_scheme",
+    "wsgi.input",
+)
+
+
 def worker_constants(
     *, wsgi_errors: Any, file_wrapper: Any, script_name: str = ""
 ) -> dict[str, Any]:
     """The environ keys that are the same for every request of a worker. build_environ starts
     each environ as a copy of them: a copy costs less than building those keys again."""
-    return {
+    constants: dict[str, Any] = {
         "SCRIPT_NAME": script_name,
         "SERVER_SOFTWARE": "hardserve",
         "wsgi.version": (1, 0),
@@ -43,14 +64,31 @@ def worker_constants(
         "wsgi.run_once": False,
         "wsgi.file_wrapper": file_wrapper,
     }
+    # The keys build_environ sets on every request are made here too, so that the table each
+    # copy starts from has room for a whole environ: a copy of a dict is a copy of its table,
+    # and a copy of the nine constants alone grew twice per request (a new table, filled and
+    # the old one freed, each time). Every one is overwritten before the app sees it.
+    constants.update(dict.fromkeys(_SET_PER_REQUEST))
+    return constants
+
+
+# SERVER_NAME, SERVER_PORT, REMOTE_ADDR and REMOTE_PORT of one connection, as the environ holds
+# them (connection_addresses).
+Addresses = tuple[str, str, str, str]
+
+
+def connection_addresses(peer: tuple[str, int] | None, server: tuple[str, int]) -> Addresses:
+    """A connection's addresses as environ strings, made once per connection, not per request."""
+    if peer is None:
+        return (server[0], str(server[1]), "", "")
+    return (server[0], str(server[1]), peer[0], str(peer[1]))
 
 
 def build_environ(
     head: RequestHead,
     constants: dict[str, Any],
     *,
-    peer: tuple[str, int] | None,
-    server: tuple[str, int],
+    addresses: Addresses,
     url_scheme: str,
     wsgi_input: Any,
     resolution: Resolution | None = None,
@@ -71,7 +109,7 @@ def build_environ(
             url_scheme = forwarded.url_scheme
     raw_uri = head.raw_target.decode("latin-1")
     environ = constants.copy()
-    environ["REQUEST_METHOD"] = head.method.decode("ascii")
+    environ["REQUEST_METHOD"] = _METHODS.get(head.method) or head.method.decode("ascii")
     environ["PATH_INFO"] = target.path.decode("latin-1")
     environ["QUERY_STRING"] = target.query.decode("latin-1")
     environ["RAW_URI"] = environ["REQUEST_URI"] = raw_uri
@@ -80,10 +118,12 @@ def build_environ(
     )
     # The listening socket's address, not the client's Host field: a client must not be able to
     # change what the server says its own name is. The Host field is in HTTP_HOST.
-    environ["SERVER_NAME"] = server[0]
-    environ["SERVER_PORT"] = str(server[1])
-    environ["REMOTE_ADDR"] = peer[0] if peer else ""
-    environ["REMOTE_PORT"] = str(peer[1]) if peer else ""
+    (
+        environ["SERVER_NAME"],
+        environ["SERVER_PORT"],
+        environ["REMOTE_ADDR"],
+        environ["REMOTE_PORT"],
+    ) = addresses
     environ["wsgi.url_scheme"] = url_scheme
     environ["wsgi.input"] = wsgi_input
     if head.content_length is None and not head.chunked:

@@ -222,6 +222,16 @@ class _Invalid(ValueError):
     pass
 
 
+def resolve_untrusted(headers: Sequence[Header]) -> Resolution:
+    """resolve()'s verdict on a request from a peer that is not trusted, for a caller that knows
+    it already: NOT_FORWARDED, or without the forwarding fields, which only a trusted proxy may
+    set."""
+    for name, _ in headers:
+        if name in FORWARDING_HEADERS:
+            return Resolution(headers=_without(headers, FORWARDING_HEADERS))
+    return NOT_FORWARDED
+
+
 def resolve(
     peer: str | None,
     headers: Sequence[Header],
@@ -232,10 +242,7 @@ def resolve(
     """Resolve the client of one request. `peer` is the direct peer's address (None or "" on a
     unix socket); `headers` are the request's (lower-cased name, value) pairs."""
     if not trusted.contains(peer):
-        for name, _ in headers:
-            if name in FORWARDING_HEADERS:
-                return Resolution(headers=_without(headers, FORWARDING_HEADERS))
-        return NOT_FORWARDED
+        return resolve_untrusted(headers)
 
     xff: list[bytes] = []
     protos: list[bytes] = []

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, cast
 from hardserve import tls
 from hardserve.http import reasons
 from hardserve.http.deadlines import RateWindow
-from hardserve.http.environ import build_environ
-from hardserve.http.forwarded import resolve
+from hardserve.http.environ import Addresses, build_environ, connection_addresses
+from hardserve.http.forwarded import resolve, resolve_untrusted
 from hardserve.http.parser import (
     CLOSED,
     NEED_DATA,
@@ -190,6 +190,7 @@ class HttpConnection(asyncio.Protocol):
     # listed here still works (it gets a dict of its own, made when first set).
     __slots__ = (
         "__dict__",
+        "_addresses",
         "_body",
         "_body_last_at",
         "_body_received",
@@ -218,6 +219,7 @@ class HttpConnection(asyncio.Protocol):
         "_parser",
         "_peer",
         "_peer_eof",
+        "_peer_trusted",
         "_pool",
         "_proxy_reader",
         "_reading_paused",
@@ -262,6 +264,9 @@ class HttpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._peer: tuple[str, int] | None = None
         self._server_addr: tuple[str, int] = ("", 0)
+        self._addresses: Addresses = ("", "0", "", "")
+        # Whether the peer is a trusted proxy (forwarded_allow_ips), asked once per connection.
+        self._peer_trusted = False
         self._url_scheme = "http"
         self._tls_environ: dict[str, str] | None = None
         self.can_sendfile = False
@@ -343,14 +348,13 @@ class HttpConnection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
         transport.set_write_buffer_limits(high=self._limits.write_buffer_bytes)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self._peer = (str(peer[0]), int(peer[1]))
         sockname = transport.get_extra_info("sockname")
         if isinstance(sockname, tuple):
             self._server_addr = (str(sockname[0]), int(sockname[1]))
         elif isinstance(sockname, str):
             self._server_addr = (sockname, 0)
+        peer = transport.get_extra_info("peername")
+        self._set_peer((str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None)
         if transport.get_extra_info("sslcontext") is None:
             # The socket itself is asked for only when a file is sent (_loop_hand_over_fd):
             # uvloop builds it with another getsockname call, on every connection otherwise.
@@ -443,6 +447,14 @@ class HttpConnection(asyncio.Protocol):
         if not self._call_active:
             self._process()
 
+    def _set_peer(self, peer: tuple[str, int] | None) -> None:
+        """The client's address (the socket's peer, or what a PROXY header says), and what each
+        request needs of it, worked out once here rather than on every request: the environ's
+        address strings, and whether the peer is a trusted proxy (forwarded_allow_ips)."""
+        self._peer = peer
+        self._addresses = connection_addresses(peer, self._server_addr)
+        self._peer_trusted = self._shared.forwarders.contains(peer[0] if peer else None)
+
     # -- reading and dispatching -------------------------------------------------------------
 
     def _take_proxy_header(self, data: bytes) -> bytes:
@@ -462,7 +474,7 @@ class HttpConnection(asyncio.Protocol):
             return b""
         self._proxy_reader = None
         if not header.local and header.source_addr is not None:
-            self._peer = (header.source_addr, header.source_port or 0)
+            self._set_peer((header.source_addr, header.source_port or 0))
         if not self._shared.admit_client(self, self._peer):
             self._close()
             return b""
@@ -605,19 +617,18 @@ class HttpConnection(asyncio.Protocol):
         self._continue_sent = False
         self._response_started = False
         shared = self._shared
-        peer = self._peer
-        peer_addr = peer[0] if peer else None
-        # X-Request-ID is taken only from a trusted proxy, and only short and plain.
-        request_id = (
-            incoming_request_id(head.headers) if shared.forwarders.contains(peer_addr) else None
-        )
+        if self._peer_trusted:
+            peer = self._peer
+            peer_addr = peer[0] if peer else None
+            # X-Request-ID is taken only from a trusted proxy, and only short and plain.
+            request_id = incoming_request_id(head.headers)
+            resolution = resolve(
+                peer_addr, head.headers, shared.forwarders, family=shared.forwarded_headers
+            )
+        else:
+            request_id = None
+            resolution = resolve_untrusted(head.headers)
         self.request_id = request_id or shared.request_ids.new()
-        resolution = resolve(
-            peer_addr,
-            head.headers,
-            shared.forwarders,
-            family=shared.forwarded_headers,
-        )
         if resolution.error is not None:
             self._refuse_now(
                 reasons.FORWARDED_INVALID, resolution.detail, self._request_line(), retry_after=None
@@ -648,8 +659,7 @@ class HttpConnection(asyncio.Protocol):
         environ = build_environ(
             head,
             shared.environ_constants,
-            peer=self._peer,
-            server=self._server_addr,
+            addresses=self._addresses,
             url_scheme=self._url_scheme,
             wsgi_input=wsgi_input,
             resolution=resolution,

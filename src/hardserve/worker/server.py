@@ -390,7 +390,8 @@ class WorkerShared:
         """Count a request of `address` admitted to the pool; False (not counted) when the
         client already has its share in flight. Unix-socket peers (address "") are not
         limited, nor is anyone when the cap is 0 (off)."""
-        if not address or not self._client_in_flight_max:
+        # The cap is read first: the address's string is the connection's own, and often cold.
+        if not self._client_in_flight_max or not address:
             return True
         count = self._client_in_flight.get(address, 0)
         if count >= self._client_in_flight_max:
@@ -399,7 +400,7 @@ class WorkerShared:
         return True
 
     def client_request_ended(self, address: str) -> None:
-        if address and self._client_in_flight_max:
+        if self._client_in_flight_max and address:
             _decrement(self._client_in_flight, address)
 
     def request_finished(
