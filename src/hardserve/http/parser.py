@@ -36,6 +36,8 @@ _CR: Final = 13
 _LF: Final = 10
 _SP: Final = 32
 _HTAB: Final = 9
+# An integer, not b"_", for `in`: see _BACKSLASH in target.py.
+_UNDERSCORE: Final = ord("_")
 
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _TOKEN_RE: Final = re.compile(_TOKEN)
@@ -220,7 +222,7 @@ def _read_fields_fresh(
             fields.framing_refusal = (reasons.MALFORMED_HEADER, f"value of {name[:40]!r}")
             return fields
         name = name.lower()
-        if b"_" in name:
+        if _UNDERSCORE in name:
             if refuse_underscore:
                 fields.framing_refusal = (reasons.UNDERSCORE_HEADER, name[:40].decode("ascii"))
                 return fields
@@ -694,7 +696,7 @@ class RequestParser:
             del buf[: newline + 1]
             if not line:
                 break
-            if b"\r" in line:
+            if _CR in line:
                 return self._refuse(reasons.BARE_CR, "in a trailer line")
             if line[0] in (_SP, _HTAB):
                 return self._refuse(reasons.OBS_FOLD, "in the trailers")
