@@ -173,15 +173,20 @@ class Server:
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after 15 s; the exit status (None if it had to be killed)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                return None
-        return self.process.returncode
+        return stop_process(self.process, 15)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> int | None:
+    """SIGTERM, then SIGKILL after `timeout_s`; the exit status (None if it had to be killed)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return None
+    return process.returncode
 
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -29,14 +29,13 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.bench import BENCH, ROOT, free_port
+from bench.bench import BENCH, ROOT, free_port, stop_process
 
 VENV_BIN = BENCH / ".venv" / "bin"
 CACHES = ("--I1=32768,8,64", "--D1=49152,12,64", "--LL=1048576,16,64")
@@ -161,12 +160,7 @@ def measure(src: Path | None, counts: list[int], server_args: list[str], out: Pa
                 },
             }
     finally:
-        master.send_signal(signal.SIGTERM)
-        try:
-            master.wait(60)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            master.wait()
+        stop_process(master, 60)  # valgrind's workers take a while to write their last dump
     return result
 
 

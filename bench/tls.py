@@ -15,7 +15,6 @@ import argparse
 import datetime
 import ipaddress
 import os
-import signal
 import socket
 import ssl
 import statistics
@@ -37,6 +36,7 @@ from bench.bench import (
     SERVER_CORE,
     free_port,
     run_wrk,
+    stop_process,
     tree_cpu_ticks,
 )
 
@@ -150,12 +150,7 @@ def main() -> int:
                         f"server CPU  (runs: {', '.join(f'{f:.1f}' for f in figures)})"
                     )
             finally:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop_process(process, 15)
     return 0
 
 
