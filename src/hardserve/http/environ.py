@@ -51,8 +51,9 @@ _SET_PER_REQUEST: Final = (
 def worker_constants(
     *, wsgi_errors: Any, file_wrapper: Any, script_name: str = ""
 ) -> dict[str, Any]:
-    """The environ keys that are the same for every request of a worker. build_environ starts
-    each environ as a copy of them: a copy costs less than building those keys again."""
+    """The environ keys that are the same for every request of a worker, and a placeholder of
+    each key every request sets (_SET_PER_REQUEST). build_environ starts each environ as a copy
+    of them: a copy costs less than building those keys again."""
     constants: dict[str, Any] = {
         "SCRIPT_NAME": script_name,
         "SERVER_SOFTWARE": "hardserve",
