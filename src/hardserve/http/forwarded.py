@@ -243,7 +243,19 @@ def resolve(
     unix socket); `headers` are the request's (lower-cased name, value) pairs."""
     if not trusted.contains(peer):
         return resolve_untrusted(headers)
+    return resolve_trusted(peer, headers, trusted, family=family)
 
+
+def resolve_trusted(
+    peer: str | None,
+    headers: Sequence[Header],
+    trusted: TrustedPeers,
+    *,
+    family: HeaderFamily = "auto",
+) -> Resolution:
+    """resolve()'s verdict on a request from a peer already known to be a trusted proxy (a
+    connection asks once, not per request): what the forwarding fields say, walked back
+    through the proxies `trusted` names."""
     xff: list[bytes] = []
     protos: list[bytes] = []
     hosts: list[bytes] = []

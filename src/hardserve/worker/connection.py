@@ -26,7 +26,7 @@ from hardserve import tls
 from hardserve.http import reasons
 from hardserve.http.deadlines import RateWindow
 from hardserve.http.environ import Addresses, build_environ, connection_addresses
-from hardserve.http.forwarded import resolve, resolve_untrusted
+from hardserve.http.forwarded import resolve_trusted, resolve_untrusted
 from hardserve.http.parser import (
     CLOSED,
     NEED_DATA,
@@ -622,7 +622,7 @@ class HttpConnection(asyncio.Protocol):
             peer_addr = peer[0] if peer else None
             # X-Request-ID is taken only from a trusted proxy, and only short and plain.
             request_id = incoming_request_id(head.headers)
-            resolution = resolve(
+            resolution = resolve_trusted(
                 peer_addr, head.headers, shared.forwarders, family=shared.forwarded_headers
             )
         else:
